@@ -1,0 +1,146 @@
+/* Command line front end of the standalone vhost-user-blk runtime. */
+#include "log.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out, const char *prog) {
+    fprintf(out,
+            "Usage: %s --socket-path PATH | --fd FD  --blk-file PATH "
+            "[options]\n"
+            "Serve a virtio-blk device over vhost-user.\n"
+            "\n"
+            "  --socket-path PATH    listen on this unix socket\n"
+            "  --fd FD               use an inherited, listening socket\n"
+            "  --blk-file PATH       disk image or block device\n"
+            "  --read-only           expose the disk read-only\n"
+            "  --print-capabilities  print the backend capabilities and "
+            "exit\n"
+            "  --log-level LEVEL     debug, info, warn or error "
+            "(default info)\n"
+            "  --help                show this help\n",
+            prog);
+}
+
+static void print_capabilities(void) {
+    /* Format defined by QEMU's docs/interop/vhost-user.json. */
+    printf("{\n"
+           "  \"type\": \"block\",\n"
+           "  \"features\": [\n"
+           "    \"read-only\",\n"
+           "    \"blk-file\"\n"
+           "  ]\n"
+           "}\n");
+}
+
+static int parse_level(const char *s) {
+    if (strcmp(s, "debug") == 0)
+        return LOG_DEBUG;
+    if (strcmp(s, "info") == 0)
+        return LOG_INFO;
+    if (strcmp(s, "warn") == 0 || strcmp(s, "warning") == 0)
+        return LOG_WARNING;
+    if (strcmp(s, "error") == 0)
+        return LOG_ERR;
+    return -1;
+}
+
+static void fail(const char *msg, const char *arg) {
+    fprintf(stderr, "vhost-user-blk: %s%s%s\n", msg, arg ? ": " : "",
+            arg ? arg : "");
+    exit(1);
+}
+
+int main(int argc, char **argv) {
+    enum {
+        OPT_SOCKET = 256,
+        OPT_FD,
+        OPT_BLK,
+        OPT_RO,
+        OPT_CAPS,
+        OPT_LEVEL,
+        OPT_HELP
+    };
+    static const struct option longopts[] = {
+        {"socket-path", required_argument, NULL, OPT_SOCKET},
+        {"fd", required_argument, NULL, OPT_FD},
+        {"blk-file", required_argument, NULL, OPT_BLK},
+        {"read-only", no_argument, NULL, OPT_RO},
+        {"print-capabilities", no_argument, NULL, OPT_CAPS},
+        {"log-level", required_argument, NULL, OPT_LEVEL},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0}};
+    struct rt_options opts = {
+        .socket_path = NULL, .listen_fd = -1, .blk_file = NULL};
+    bool caps = false;
+    int c;
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_SOCKET:
+            if (optarg[0] == '\0')
+                fail("--socket-path must not be empty", NULL);
+            opts.socket_path = optarg;
+            break;
+        case OPT_FD: {
+            char *end;
+            long v;
+
+            errno = 0;
+            v = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end != '\0' || v < 0 || v > INT_MAX)
+                fail("invalid --fd value", optarg);
+            opts.listen_fd = (int)v;
+            break;
+        }
+        case OPT_BLK:
+            if (optarg[0] == '\0')
+                fail("--blk-file must not be empty", NULL);
+            opts.blk_file = optarg;
+            break;
+        case OPT_RO:
+            opts.read_only = true;
+            break;
+        case OPT_CAPS:
+            caps = true;
+            break;
+        case OPT_LEVEL: {
+            int level = parse_level(optarg);
+
+            if (level < 0)
+                fail("invalid --log-level (use debug, info, warn or error)",
+                     optarg);
+            log_set_level(level);
+            break;
+        }
+        case OPT_HELP:
+            usage(stdout, argv[0]);
+            return 0;
+        default:
+            fprintf(stderr,
+                    "vhost-user-blk: invalid option or missing argument: %s\n",
+                    argv[optind - 1]);
+            usage(stderr, argv[0]);
+            return 1;
+        }
+    }
+    if (optind < argc)
+        fail("unexpected argument", argv[optind]);
+    if (caps) {
+        print_capabilities();
+        return 0;
+    }
+    if (opts.socket_path != NULL && opts.listen_fd >= 0)
+        fail("use either --socket-path or --fd, not both", NULL);
+    if (opts.socket_path == NULL && opts.listen_fd < 0)
+        fail("--socket-path or --fd is required", NULL);
+    if (opts.blk_file == NULL)
+        fail("--blk-file is required", NULL);
+    return rt_run(&opts);
+}

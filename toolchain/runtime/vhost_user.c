@@ -1,0 +1,1368 @@
+/*
+ * vhost-user backend (server side) hosting one hvisor-style virtio-blk
+ * device.  The frontend (e.g. QEMU's vhost-user-blk) owns the guest; this
+ * process maps the guest memory it is given, and maps the protocol onto the
+ * hvisor device model:
+ *
+ *   kick eventfd readable      -> vq->notify_handler() on the main thread
+ *   GET_VRING_BASE, disconnect -> ops.reset() (device quiesces its threads)
+ *   SIGINT / SIGTERM           -> ops.close() (device joins its threads)
+ *   GET_CONFIG                 -> bytes of the config struct that is the
+ *                                 first member of vdev->dev
+ *
+ * Everything the frontend sends is validated before use.  The main thread
+ * only rewrites ring state while the device is quiescent (after ops.reset),
+ * and resumes it afterwards by calling the notify handlers of the queues
+ * that are still runnable, just as a fresh kick would.
+ */
+#define _GNU_SOURCE
+#include "log.h"
+#include "runtime.h"
+#include "virtio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/virtio_blk.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Provided by the device pair (virtio_blk.c). */
+extern const struct virtio_device_ops virtio_blk_ops;
+extern const struct virtio_config_ops virtio_blk_config_ops;
+
+/* ---- wire format ------------------------------------------------------ */
+
+enum vu_request {
+    VU_GET_FEATURES = 1,
+    VU_SET_FEATURES = 2,
+    VU_SET_OWNER = 3,
+    VU_RESET_OWNER = 4,
+    VU_SET_MEM_TABLE = 5,
+    VU_SET_VRING_NUM = 8,
+    VU_SET_VRING_ADDR = 9,
+    VU_SET_VRING_BASE = 10,
+    VU_GET_VRING_BASE = 11,
+    VU_SET_VRING_KICK = 12,
+    VU_SET_VRING_CALL = 13,
+    VU_SET_VRING_ERR = 14,
+    VU_GET_PROTOCOL_FEATURES = 15,
+    VU_SET_PROTOCOL_FEATURES = 16,
+    VU_GET_QUEUE_NUM = 17,
+    VU_SET_VRING_ENABLE = 18,
+    VU_GET_CONFIG = 24,
+    VU_SET_CONFIG = 25,
+};
+
+#define VU_VERSION 0x1u
+#define VU_FLAG_VERSION_MASK 0x3u
+#define VU_FLAG_REPLY (1u << 2)
+#define VU_FLAG_NEED_REPLY (1u << 3)
+
+#define VU_F_PROTOCOL_FEATURES 30
+#define VU_PROTO_F_MQ 0
+#define VU_PROTO_F_REPLY_ACK 3
+#define VU_PROTO_F_CONFIG 9
+#define VU_OFFERED_PROTOCOL_FEATURES                                           \
+    (uint64_t)((1ull << VU_PROTO_F_MQ) | (1ull << VU_PROTO_F_REPLY_ACK) |      \
+               (1ull << VU_PROTO_F_CONFIG))
+
+#define VU_MAX_FDS 8
+#define VU_MAX_REGIONS 8
+#define VU_MAX_CONFIG_SIZE 256
+#define VU_VRING_INDEX_MASK 0xffull
+#define VU_VRING_NOFD (1ull << 8)
+
+/* Seconds a frontend may take to finish a message it has started. */
+#define VU_IO_TIMEOUT_SEC 5
+
+struct vu_header {
+    uint32_t request;
+    uint32_t flags;
+    uint32_t size;
+};
+
+struct vu_vring_state {
+    uint32_t index;
+    uint32_t num;
+};
+
+struct vu_vring_addr {
+    uint32_t index;
+    uint32_t flags;
+    uint64_t desc_user_addr;
+    uint64_t used_user_addr;
+    uint64_t avail_user_addr;
+    uint64_t log_guest_addr;
+};
+
+struct vu_region {
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    uint64_t mmap_offset;
+};
+
+struct vu_memory {
+    uint32_t nregions;
+    uint32_t padding;
+    struct vu_region regions[VU_MAX_REGIONS];
+};
+
+struct vu_config {
+    uint32_t offset;
+    uint32_t size;
+    uint32_t flags;
+    uint8_t region[VU_MAX_CONFIG_SIZE];
+};
+
+#define VU_CONFIG_HDR_SIZE 12u
+
+union vu_payload {
+    uint64_t u64;
+    struct vu_vring_state state;
+    struct vu_vring_addr addr;
+    struct vu_memory mem;
+    struct vu_config config;
+    uint8_t raw[512];
+};
+
+struct vu_msg {
+    struct vu_header hdr;
+    union vu_payload payload;
+    int fds[VU_MAX_FDS];
+    unsigned nfds;
+};
+
+/* Handler results. */
+#define RC_OK 0       /* done, no natural reply (ack success if asked) */
+#define RC_REPLIED 1  /* a natural reply was sent */
+#define RC_FAIL (-1)  /* refused; ack failure if asked, keep connection */
+#define RC_PROTO (-2) /* malformed or hostile: drop the connection */
+
+/* ---- runtime state (private) ------------------------------------------ */
+
+struct mem_region {
+    uint64_t gpa;
+    uint64_t size;
+    uint64_t uaddr;
+    void *map_base;
+    size_t map_len;
+    char *hva; /* map_base + mmap_offset */
+};
+
+struct mem_table {
+    unsigned n;
+    struct mem_region r[VU_MAX_REGIONS];
+};
+
+struct vq_state {
+    int kick_fd; /* ring is "started" while this is valid */
+    bool kick_watched;
+    int call_fd;      /* read by device threads: atomic access */
+    bool call_active; /* false after a no-fd SET_VRING_CALL */
+    int err_fd;
+    bool enabled; /* SET_VRING_ENABLE value */
+    bool addr_set;
+    uint64_t desc_uaddr;
+    uint64_t avail_uaddr;
+    uint64_t used_uaddr;
+};
+
+enum ep_kind { EP_LISTEN = 1, EP_CONN, EP_SIGNAL, EP_KICK };
+
+static VirtIODevice *g_vdev;
+static const struct virtio_device_ops *g_ops = &virtio_blk_ops;
+static struct mem_table g_mem;
+static struct vq_state g_vq[VIRTIO_MAX_VQUEUES];
+static uint64_t g_protocol_features;
+static bool g_protocol_acked; /* VHOST_USER_F_PROTOCOL_FEATURES negotiated */
+static bool g_device_running; /* a notify handler ran since the last reset */
+static int g_epfd = -1;
+static int g_listen_fd = -1;
+static int g_conn_fd = -1;
+static int g_signal_fd = -1;
+
+static uint64_t ep_tag(enum ep_kind kind, uint32_t idx) {
+    return ((uint64_t)kind << 32) | idx;
+}
+
+static int ep_add(int fd, enum ep_kind kind, uint32_t idx) {
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.u64 = ep_tag(kind, idx);
+    return epoll_ctl(g_epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void ep_del(int fd) {
+    if (fd >= 0)
+        epoll_ctl(g_epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+static void close_fd(int *fd) {
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/* ---- memory table ------------------------------------------------------ */
+
+void *rt_gpa_to_hva(uint64_t gpa) {
+    unsigned i;
+
+    for (i = 0; i < g_mem.n; i++) {
+        const struct mem_region *r = &g_mem.r[i];
+
+        if (gpa >= r->gpa && gpa - r->gpa < r->size)
+            return r->hva + (gpa - r->gpa);
+    }
+    return NULL;
+}
+
+/* Frontend virtual range -> host pointer; the whole range must fit. */
+static char *uaddr_to_hva(uint64_t uaddr, uint64_t len, uint64_t *gpa) {
+    unsigned i;
+
+    for (i = 0; i < g_mem.n; i++) {
+        const struct mem_region *r = &g_mem.r[i];
+        uint64_t off;
+
+        if (uaddr < r->uaddr)
+            continue;
+        off = uaddr - r->uaddr;
+        if (off >= r->size || len > r->size - off)
+            continue;
+        *gpa = r->gpa + off;
+        return r->hva + off;
+    }
+    return NULL;
+}
+
+static void unmap_table(struct mem_table *t) {
+    unsigned i;
+
+    for (i = 0; i < t->n; i++)
+        munmap(t->r[i].map_base, t->r[i].map_len);
+    memset(t, 0, sizeof(*t));
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+                           uint64_t blen) {
+    return a < b + blen && b < a + alen;
+}
+
+/* ---- queue bookkeeping ------------------------------------------------- */
+
+static void quiesce_device(void) {
+    if (g_ops->reset != NULL)
+        g_ops->reset(g_vdev);
+    g_device_running = false;
+}
+
+/* Quiesces only if a notify handler may have set the device going. */
+static void quiesce_if_running(void) {
+    if (g_device_running)
+        quiesce_device();
+}
+
+static bool vq_runnable(unsigned i) {
+    const VirtQueue *vq = &g_vdev->vqs[i];
+    const struct vq_state *s = &g_vq[i];
+
+    if (s->kick_fd < 0)
+        return false;
+    if (g_protocol_acked && !s->enabled)
+        return false;
+    return vq->num != 0 && vq->desc_table != NULL && vq->avail_ring != NULL &&
+           vq->used_ring != NULL;
+}
+
+static void call_notify(VirtQueue *vq) {
+    int rc;
+
+    if (vq->notify_handler == NULL)
+        return;
+    g_device_running = true;
+    rc = vq->notify_handler(g_vdev, vq);
+    if (rc != 0)
+        log_debug("notify handler of queue %u returned %d",
+                  (unsigned)vq->vq_idx, rc);
+}
+
+/*
+ * Recomputes vq->ready for every queue.  A queue that just became ready is
+ * poked once; if the device was quiesced, every ready queue is poked so the
+ * device resumes (a spurious notify is always harmless in virtio).
+ */
+static void refresh_queues(void) {
+    bool resume = !g_device_running;
+    unsigned i;
+
+    for (i = 0; i < g_vdev->vqs_len; i++) {
+        VirtQueue *vq = &g_vdev->vqs[i];
+        bool was = vq->ready != 0;
+        bool now = vq_runnable(i);
+
+        vq->ready = now;
+        if (now && (resume || !was))
+            call_notify(vq);
+    }
+}
+
+static void clear_ring(VirtQueue *vq) {
+    vq->desc_table = NULL;
+    vq->avail_ring = NULL;
+    vq->used_ring = NULL;
+    vq->desc_table_addr = 0;
+    vq->avail_addr = 0;
+    vq->used_addr = 0;
+    vq->ready = 0;
+}
+
+/* Validates and maps the three ring areas of queue i.  Device quiescent. */
+static bool translate_rings(unsigned i) {
+    VirtQueue *vq = &g_vdev->vqs[i];
+    struct vq_state *s = &g_vq[i];
+    uint64_t num = vq->num;
+    uint64_t dgpa = 0, agpa = 0, ugpa = 0;
+    char *d, *a, *u;
+
+    clear_ring(vq);
+    if (!s->addr_set || num == 0)
+        return true; /* nothing to map yet */
+    d = uaddr_to_hva(s->desc_uaddr, 16 * num, &dgpa);
+    a = uaddr_to_hva(s->avail_uaddr, 6 + 2 * num, &agpa);
+    u = uaddr_to_hva(s->used_uaddr, 6 + 8 * num, &ugpa);
+    if (d == NULL || a == NULL || u == NULL) {
+        log_error("queue %u: ring area outside guest memory "
+                  "(desc 0x%" PRIx64 " avail 0x%" PRIx64 " used 0x%" PRIx64
+                  ", num %" PRIu64 ")",
+                  i, s->desc_uaddr, s->avail_uaddr, s->used_uaddr, num);
+        return false;
+    }
+    if (((uintptr_t)d & 15) || ((uintptr_t)a & 1) || ((uintptr_t)u & 3)) {
+        log_error("queue %u: misaligned ring address", i);
+        return false;
+    }
+    vq->desc_table = (volatile VirtqDesc *)(void *)d;
+    vq->avail_ring = (volatile VirtqAvail *)(void *)a;
+    vq->used_ring = (volatile VirtqUsed *)(void *)u;
+    vq->desc_table_addr = dgpa;
+    vq->avail_addr = agpa;
+    vq->used_addr = ugpa;
+    return true;
+}
+
+/* Returns a queue to its just-created state (hvisor's virtqueue reset). */
+static void reset_vq(VirtQueue *vq) {
+    VirtIODevice *dev = vq->dev;
+    uint64_t idx = vq->vq_idx;
+    uint32_t max = vq->queue_num_max;
+    int (*handler)(VirtIODevice *, VirtQueue *) = vq->notify_handler;
+
+    pthread_mutex_destroy(&vq->used_ring_lock);
+    memset(vq, 0, sizeof(*vq));
+    vq->dev = dev;
+    vq->vq_idx = idx;
+    vq->queue_num_max = max;
+    vq->notify_handler = handler;
+    pthread_mutex_init(&vq->used_ring_lock, NULL);
+}
+
+static void stop_kick(struct vq_state *s) {
+    if (s->kick_watched)
+        ep_del(s->kick_fd);
+    s->kick_watched = false;
+    close_fd(&s->kick_fd);
+}
+
+/* Only with the device quiescent: no thread may be signalling. */
+static void release_vq_fds(struct vq_state *s) {
+    int fd = __atomic_exchange_n(&s->call_fd, -1, __ATOMIC_ACQ_REL);
+
+    stop_kick(s);
+    __atomic_store_n(&s->call_active, false, __ATOMIC_RELEASE);
+    if (fd >= 0)
+        close(fd);
+    close_fd(&s->err_fd);
+}
+
+/* Full virtio reset of the device's transport-visible state. */
+static void reset_device_state(void) {
+    unsigned i;
+
+    quiesce_device();
+    g_vdev->regs.status = 0;
+    g_vdev->regs.interrupt_status = 0;
+    g_vdev->regs.drv_feature = 0;
+    g_vdev->activated = false;
+    for (i = 0; i < g_vdev->vqs_len; i++) {
+        reset_vq(&g_vdev->vqs[i]);
+        release_vq_fds(&g_vq[i]);
+        g_vq[i].enabled = false;
+        g_vq[i].addr_set = false;
+    }
+    unmap_table(&g_mem);
+    g_protocol_features = 0;
+    g_protocol_acked = false;
+    if (g_vdev->status_changed != NULL)
+        g_vdev->status_changed(g_vdev, 0);
+}
+
+void rt_signal_call(VirtQueue *vq) {
+    const uint64_t one = 1;
+    struct vq_state *s;
+    int fd;
+
+    if (g_vdev == NULL || vq->dev != g_vdev || vq->vq_idx >= g_vdev->vqs_len)
+        return;
+    s = &g_vq[vq->vq_idx];
+    if (!__atomic_load_n(&s->call_active, __ATOMIC_ACQUIRE))
+        return;
+    fd = __atomic_load_n(&s->call_fd, __ATOMIC_ACQUIRE);
+    if (fd < 0)
+        return;
+    /* EAGAIN means the counter is saturated: the frontend is notified. */
+    if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        log_debug("queue %u: call write failed: %s", (unsigned)vq->vq_idx,
+                  strerror(errno));
+}
+
+/* ---- message I/O ------------------------------------------------------- */
+
+static void close_msg_fds(struct vu_msg *m) {
+    unsigned i;
+
+    for (i = 0; i < m->nfds; i++)
+        close_fd(&m->fds[i]);
+    m->nfds = 0;
+}
+
+static int read_full(int fd, void *buf, size_t len) {
+    char *p = buf;
+
+    while (len > 0) {
+        ssize_t n = recv(fd, p, len, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* 1 = message read, 0 = orderly EOF, -1 = error (already logged). */
+static int read_msg(int fd, struct vu_msg *m) {
+    char cbuf[CMSG_SPACE(VU_MAX_FDS * sizeof(int))];
+    struct iovec iov = {.iov_base = &m->hdr, .iov_len = sizeof(m->hdr)};
+    struct msghdr mh;
+    struct cmsghdr *c;
+    bool too_many = false;
+    ssize_t n;
+
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof(cbuf);
+    m->nfds = 0;
+
+    do {
+        n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0)
+        return 0;
+    if (n < 0) {
+        log_error("receive failed: %s", strerror(errno));
+        return -1;
+    }
+    for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+        size_t cnt, i;
+
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < cnt; i++) {
+            int rfd;
+
+            memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (m->nfds < VU_MAX_FDS) {
+                m->fds[m->nfds++] = rfd;
+            } else {
+                close(rfd);
+                too_many = true;
+            }
+        }
+    }
+    if (too_many || (mh.msg_flags & MSG_CTRUNC)) {
+        log_error("too many file descriptors in one message");
+        close_msg_fds(m);
+        return -1;
+    }
+    if ((size_t)n < sizeof(m->hdr) &&
+        read_full(fd, (char *)&m->hdr + n, sizeof(m->hdr) - (size_t)n) < 0) {
+        log_error("truncated message header");
+        close_msg_fds(m);
+        return -1;
+    }
+    if ((m->hdr.flags & VU_FLAG_VERSION_MASK) != VU_VERSION) {
+        log_error("unsupported protocol version in flags 0x%x", m->hdr.flags);
+        close_msg_fds(m);
+        return -1;
+    }
+    if (m->hdr.size > sizeof(m->payload)) {
+        log_error("request %u: payload of %u bytes is too large",
+                  m->hdr.request, m->hdr.size);
+        close_msg_fds(m);
+        return -1;
+    }
+    memset(&m->payload, 0, sizeof(m->payload));
+    if (m->hdr.size > 0 && read_full(fd, &m->payload, m->hdr.size) < 0) {
+        log_error("request %u: truncated payload", m->hdr.request);
+        close_msg_fds(m);
+        return -1;
+    }
+    return 1;
+}
+
+static int send_reply(uint32_t request, const void *payload, uint32_t size) {
+    struct vu_header hdr = {
+        .request = request, .flags = VU_VERSION | VU_FLAG_REPLY, .size = size};
+    struct iovec iov[2] = {{.iov_base = &hdr, .iov_len = sizeof(hdr)},
+                           {.iov_base = (void *)payload, .iov_len = size}};
+    struct msghdr mh;
+    size_t total = sizeof(hdr) + size;
+    ssize_t n;
+
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = size ? 2 : 1;
+    do {
+        n = sendmsg(g_conn_fd, &mh, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 || (size_t)n != total) {
+        log_error("request %u: sending the reply failed", request);
+        return -1;
+    }
+    return 0;
+}
+
+static int reply_u64(uint32_t request, uint64_t value) {
+    return send_reply(request, &value, sizeof(value)) < 0 ? RC_PROTO
+                                                          : RC_REPLIED;
+}
+
+/* ---- request handlers -------------------------------------------------- */
+
+static bool size_is(const struct vu_msg *m, uint32_t size, const char *what) {
+    if (m->hdr.size == size)
+        return true;
+    log_error("%s: payload size %u, expected %u", what, m->hdr.size, size);
+    return false;
+}
+
+static bool fds_are(const struct vu_msg *m, unsigned n, const char *what) {
+    if (m->nfds == n)
+        return true;
+    log_error("%s: %u file descriptors, expected %u", what, m->nfds, n);
+    return false;
+}
+
+static bool index_ok(uint64_t idx, const char *what) {
+    if (idx < g_vdev->vqs_len)
+        return true;
+    log_error("%s: queue index %" PRIu64 " out of range", what, idx);
+    return false;
+}
+
+static uint64_t offered_features(void) {
+    return g_vdev->regs.dev_feature | (1ull << VU_F_PROTOCOL_FEATURES);
+}
+
+static int h_set_features(struct vu_msg *m) {
+    uint64_t f;
+    unsigned i;
+
+    if (!size_is(m, 8, "SET_FEATURES"))
+        return RC_PROTO;
+    f = m->payload.u64;
+    if (f & ~offered_features()) {
+        log_error("SET_FEATURES: bits 0x%" PRIx64 " were never offered",
+                  f & ~offered_features());
+        return RC_PROTO;
+    }
+    quiesce_if_running();
+    g_protocol_acked = (f >> VU_F_PROTOCOL_FEATURES) & 1;
+    g_vdev->regs.drv_feature = f & ~(1ull << VU_F_PROTOCOL_FEATURES);
+    for (i = 0; i < g_vdev->vqs_len; i++)
+        g_vdev->vqs[i].event_idx_enabled = (f >> VIRTIO_RING_F_EVENT_IDX) & 1;
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_set_mem_table(struct vu_msg *m) {
+    const struct vu_memory *mem = &m->payload.mem;
+    struct mem_table fresh;
+    struct mem_table old;
+    unsigned i, j;
+
+    if (m->hdr.size < 8) {
+        log_error("SET_MEM_TABLE: payload too short");
+        return RC_PROTO;
+    }
+    if (mem->nregions > VU_MAX_REGIONS ||
+        m->hdr.size < 8 + mem->nregions * sizeof(struct vu_region)) {
+        log_error("SET_MEM_TABLE: bad region count %u for %u bytes",
+                  mem->nregions, m->hdr.size);
+        return RC_PROTO;
+    }
+    if (!fds_are(m, mem->nregions, "SET_MEM_TABLE"))
+        return RC_PROTO;
+
+    for (i = 0; i < mem->nregions; i++) {
+        const struct vu_region *r = &mem->regions[i];
+
+        if (r->memory_size == 0 ||
+            r->guest_phys_addr + r->memory_size < r->guest_phys_addr ||
+            r->userspace_addr + r->memory_size < r->userspace_addr ||
+            r->mmap_offset + r->memory_size < r->mmap_offset ||
+            r->mmap_offset + r->memory_size > (uint64_t)SIZE_MAX) {
+            log_error("SET_MEM_TABLE: region %u has a bad size or offset", i);
+            return RC_PROTO;
+        }
+        for (j = 0; j < i; j++) {
+            const struct vu_region *o = &mem->regions[j];
+
+            if (ranges_overlap(r->guest_phys_addr, r->memory_size,
+                               o->guest_phys_addr, o->memory_size) ||
+                ranges_overlap(r->userspace_addr, r->memory_size,
+                               o->userspace_addr, o->memory_size)) {
+                log_error("SET_MEM_TABLE: regions %u and %u overlap", j, i);
+                return RC_PROTO;
+            }
+        }
+    }
+
+    memset(&fresh, 0, sizeof(fresh));
+    for (i = 0; i < mem->nregions; i++) {
+        const struct vu_region *r = &mem->regions[i];
+        size_t len = (size_t)(r->mmap_offset + r->memory_size);
+        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_NORESERVE, m->fds[i], 0);
+
+        if (p == MAP_FAILED) {
+            log_error("SET_MEM_TABLE: mapping region %u failed: %s", i,
+                      strerror(errno));
+            unmap_table(&fresh);
+            return RC_FAIL;
+        }
+        fresh.r[i].gpa = r->guest_phys_addr;
+        fresh.r[i].size = r->memory_size;
+        fresh.r[i].uaddr = r->userspace_addr;
+        fresh.r[i].map_base = p;
+        fresh.r[i].map_len = len;
+        fresh.r[i].hva = (char *)p + r->mmap_offset;
+        fresh.n = i + 1;
+    }
+
+    /* No device thread may look at guest memory while it is swapped. */
+    quiesce_if_running();
+    old = g_mem;
+    g_mem = fresh;
+    for (i = 0; i < g_vdev->vqs_len; i++) {
+        if (!translate_rings(i)) {
+            log_error("queue %u stays stopped until its addresses are set "
+                      "again",
+                      i);
+            g_vq[i].addr_set = false;
+        }
+    }
+    unmap_table(&old);
+    log_info("memory table: %u region(s)", g_mem.n);
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_set_vring_num(struct vu_msg *m) {
+    const struct vu_vring_state *st = &m->payload.state;
+    VirtQueue *vq;
+
+    if (!size_is(m, 8, "SET_VRING_NUM") ||
+        !index_ok(st->index, "SET_VRING_NUM"))
+        return RC_PROTO;
+    vq = &g_vdev->vqs[st->index];
+    if (st->num == 0 || st->num > vq->queue_num_max ||
+        (st->num & (st->num - 1)) != 0) {
+        log_error("SET_VRING_NUM: queue %u: size %u is not a power of two "
+                  "in 1..%u",
+                  st->index, st->num, vq->queue_num_max);
+        return RC_PROTO;
+    }
+    quiesce_if_running();
+    vq->num = st->num;
+    if (!translate_rings(st->index))
+        return RC_PROTO;
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_set_vring_addr(struct vu_msg *m) {
+    const struct vu_vring_addr *a = &m->payload.addr;
+    struct vq_state *s;
+
+    if (!size_is(m, sizeof(*a), "SET_VRING_ADDR") ||
+        !index_ok(a->index, "SET_VRING_ADDR"))
+        return RC_PROTO;
+    s = &g_vq[a->index];
+    quiesce_if_running();
+    s->desc_uaddr = a->desc_user_addr;
+    s->avail_uaddr = a->avail_user_addr;
+    s->used_uaddr = a->used_user_addr;
+    s->addr_set = true;
+    if (!translate_rings(a->index)) {
+        s->addr_set = false;
+        return RC_PROTO;
+    }
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_set_vring_base(struct vu_msg *m) {
+    const struct vu_vring_state *st = &m->payload.state;
+    VirtQueue *vq;
+
+    if (!size_is(m, 8, "SET_VRING_BASE") ||
+        !index_ok(st->index, "SET_VRING_BASE"))
+        return RC_PROTO;
+    if (st->num > 0xffff) {
+        log_error("SET_VRING_BASE: index %u does not fit a split ring",
+                  st->num);
+        return RC_PROTO;
+    }
+    vq = &g_vdev->vqs[st->index];
+    quiesce_if_running();
+    vq->last_avail_idx = (uint16_t)st->num;
+    vq->last_used_idx = (uint16_t)st->num;
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_get_vring_base(struct vu_msg *m) {
+    struct vu_vring_state st = m->payload.state;
+    VirtQueue *vq;
+    struct vq_state *s;
+
+    if (!size_is(m, 8, "GET_VRING_BASE") ||
+        !index_ok(st.index, "GET_VRING_BASE"))
+        return RC_PROTO;
+    vq = &g_vdev->vqs[st.index];
+    s = &g_vq[st.index];
+
+    /* After reset the device has completed everything it took. */
+    quiesce_device();
+    st.num = vq->last_avail_idx;
+    if (send_reply(m->hdr.request, &st, sizeof(st)) < 0)
+        return RC_PROTO;
+
+    /* The ring is stopped: forget it until the frontend starts it again. */
+    clear_ring(vq);
+    s->addr_set = false;
+    s->enabled = false;
+    stop_kick(s);
+    refresh_queues(); /* resumes the other queues, if any */
+    return RC_REPLIED;
+}
+
+/* Parses the u64 payload of SET_VRING_KICK/CALL/ERR. */
+static int vring_fd_arg(struct vu_msg *m, const char *what, unsigned *idx,
+                        int *fd) {
+    uint64_t v;
+
+    if (!size_is(m, 8, what))
+        return RC_PROTO;
+    v = m->payload.u64;
+    if (v & ~(VU_VRING_INDEX_MASK | VU_VRING_NOFD)) {
+        log_error("%s: reserved bits set in 0x%" PRIx64, what, v);
+        return RC_PROTO;
+    }
+    if (!index_ok(v & VU_VRING_INDEX_MASK, what))
+        return RC_PROTO;
+    if (!fds_are(m, (v & VU_VRING_NOFD) ? 0 : 1, what))
+        return RC_PROTO;
+    *idx = (unsigned)(v & VU_VRING_INDEX_MASK);
+    *fd = -1;
+    if (m->nfds == 1) {
+        *fd = m->fds[0];
+        m->fds[0] = -1; /* the handler owns it now */
+    }
+    return RC_OK;
+}
+
+static int h_set_vring_kick(struct vu_msg *m) {
+    struct vq_state *s;
+    unsigned idx;
+    int fd;
+    int rc = vring_fd_arg(m, "SET_VRING_KICK", &idx, &fd);
+
+    if (rc != RC_OK)
+        return rc;
+    if (fd < 0) {
+        log_error("SET_VRING_KICK: queue %u: polling mode (no fd) is not "
+                  "supported",
+                  idx);
+        return RC_FAIL;
+    }
+    s = &g_vq[idx];
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 ||
+        ep_add(fd, EP_KICK, idx) < 0) {
+        log_error("SET_VRING_KICK: queue %u: unusable fd: %s", idx,
+                  strerror(errno));
+        close(fd);
+        return RC_FAIL;
+    }
+    stop_kick(s);
+    s->kick_fd = fd;
+    s->kick_watched = true;
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_set_vring_call(struct vu_msg *m) {
+    struct vq_state *s;
+    unsigned idx;
+    int fd;
+    int rc = vring_fd_arg(m, "SET_VRING_CALL", &idx, &fd);
+    int cur;
+
+    if (rc != RC_OK)
+        return rc;
+    s = &g_vq[idx];
+    if (fd < 0) {
+        /* Keep the old fd open (a device thread may hold its number) but
+         * stop signalling through it. */
+        __atomic_store_n(&s->call_active, false, __ATOMIC_RELEASE);
+        return RC_OK;
+    }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+        log_error("SET_VRING_CALL: queue %u: unusable fd: %s", idx,
+                  strerror(errno));
+        close(fd);
+        return RC_FAIL;
+    }
+    cur = __atomic_load_n(&s->call_fd, __ATOMIC_ACQUIRE);
+    if (cur >= 0) {
+        /* Swap the file behind the existing number in one step, so a
+         * concurrent signal goes to either the old or the new eventfd and
+         * never to a closed or recycled descriptor. */
+        if (dup3(fd, cur, O_CLOEXEC) < 0) {
+            log_error("SET_VRING_CALL: queue %u: dup3 failed: %s", idx,
+                      strerror(errno));
+            close(fd);
+            return RC_FAIL;
+        }
+        close(fd);
+    } else {
+        __atomic_store_n(&s->call_fd, fd, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&s->call_active, true, __ATOMIC_RELEASE);
+    return RC_OK;
+}
+
+static int h_set_vring_err(struct vu_msg *m) {
+    unsigned idx;
+    int fd;
+    int rc = vring_fd_arg(m, "SET_VRING_ERR", &idx, &fd);
+
+    if (rc != RC_OK)
+        return rc;
+    close_fd(&g_vq[idx].err_fd); /* only the runtime ever holds it */
+    g_vq[idx].err_fd = fd;
+    return RC_OK;
+}
+
+static int h_set_protocol_features(struct vu_msg *m) {
+    if (!size_is(m, 8, "SET_PROTOCOL_FEATURES"))
+        return RC_PROTO;
+    if (m->payload.u64 & ~VU_OFFERED_PROTOCOL_FEATURES) {
+        log_error("SET_PROTOCOL_FEATURES: bits 0x%" PRIx64
+                  " were never offered",
+                  m->payload.u64 & ~VU_OFFERED_PROTOCOL_FEATURES);
+        return RC_PROTO;
+    }
+    g_protocol_features = m->payload.u64;
+    return RC_OK;
+}
+
+static int h_set_vring_enable(struct vu_msg *m) {
+    const struct vu_vring_state *st = &m->payload.state;
+
+    if (!size_is(m, 8, "SET_VRING_ENABLE") ||
+        !index_ok(st->index, "SET_VRING_ENABLE"))
+        return RC_PROTO;
+    if (st->num > 1) {
+        log_error("SET_VRING_ENABLE: bad value %u", st->num);
+        return RC_PROTO;
+    }
+    if (!st->num && g_vdev->vqs[st->index].ready)
+        quiesce_if_running();
+    g_vq[st->index].enabled = st->num != 0;
+    refresh_queues();
+    return RC_OK;
+}
+
+static int h_get_config(struct vu_msg *m) {
+    struct vu_config reply;
+    const struct vu_config *req = &m->payload.config;
+    size_t cfg_len = sizeof(struct virtio_blk_config);
+    uint32_t i;
+
+    if (m->hdr.size < VU_CONFIG_HDR_SIZE || req->size > VU_MAX_CONFIG_SIZE ||
+        m->hdr.size < VU_CONFIG_HDR_SIZE + req->size) {
+        log_error("GET_CONFIG: bad size (message %u, config %u)", m->hdr.size,
+                  req->size);
+        return RC_PROTO;
+    }
+    memset(&reply, 0, sizeof(reply));
+    reply.offset = req->offset;
+    reply.size = req->size;
+    reply.flags = req->flags;
+    /* The device's private struct starts with its virtio_blk_config. */
+    for (i = 0; i < req->size && g_vdev->dev != NULL; i++) {
+        uint64_t at = (uint64_t)req->offset + i;
+
+        if (at >= cfg_len)
+            break;
+        reply.region[i] = ((const uint8_t *)g_vdev->dev)[at];
+    }
+    if (send_reply(m->hdr.request, &reply, VU_CONFIG_HDR_SIZE + req->size) < 0)
+        return RC_PROTO;
+    return RC_REPLIED;
+}
+
+static const char *request_name(uint32_t r) {
+    switch (r) {
+    case VU_GET_FEATURES:
+        return "GET_FEATURES";
+    case VU_SET_FEATURES:
+        return "SET_FEATURES";
+    case VU_SET_OWNER:
+        return "SET_OWNER";
+    case VU_RESET_OWNER:
+        return "RESET_OWNER";
+    case VU_SET_MEM_TABLE:
+        return "SET_MEM_TABLE";
+    case VU_SET_VRING_NUM:
+        return "SET_VRING_NUM";
+    case VU_SET_VRING_ADDR:
+        return "SET_VRING_ADDR";
+    case VU_SET_VRING_BASE:
+        return "SET_VRING_BASE";
+    case VU_GET_VRING_BASE:
+        return "GET_VRING_BASE";
+    case VU_SET_VRING_KICK:
+        return "SET_VRING_KICK";
+    case VU_SET_VRING_CALL:
+        return "SET_VRING_CALL";
+    case VU_SET_VRING_ERR:
+        return "SET_VRING_ERR";
+    case VU_GET_PROTOCOL_FEATURES:
+        return "GET_PROTOCOL_FEATURES";
+    case VU_SET_PROTOCOL_FEATURES:
+        return "SET_PROTOCOL_FEATURES";
+    case VU_GET_QUEUE_NUM:
+        return "GET_QUEUE_NUM";
+    case VU_SET_VRING_ENABLE:
+        return "SET_VRING_ENABLE";
+    case VU_GET_CONFIG:
+        return "GET_CONFIG";
+    case VU_SET_CONFIG:
+        return "SET_CONFIG";
+    default:
+        return "unknown";
+    }
+}
+
+static int dispatch(struct vu_msg *m) {
+    switch (m->hdr.request) {
+    case VU_GET_FEATURES:
+        if (!size_is(m, 0, "GET_FEATURES"))
+            return RC_PROTO;
+        return reply_u64(m->hdr.request, offered_features());
+    case VU_SET_FEATURES:
+        return h_set_features(m);
+    case VU_SET_OWNER:
+        return size_is(m, 0, "SET_OWNER") ? RC_OK : RC_PROTO;
+    case VU_RESET_OWNER:
+        if (!size_is(m, 0, "RESET_OWNER"))
+            return RC_PROTO;
+        reset_device_state();
+        return RC_OK;
+    case VU_SET_MEM_TABLE:
+        return h_set_mem_table(m);
+    case VU_SET_VRING_NUM:
+        return h_set_vring_num(m);
+    case VU_SET_VRING_ADDR:
+        return h_set_vring_addr(m);
+    case VU_SET_VRING_BASE:
+        return h_set_vring_base(m);
+    case VU_GET_VRING_BASE:
+        return h_get_vring_base(m);
+    case VU_SET_VRING_KICK:
+        return h_set_vring_kick(m);
+    case VU_SET_VRING_CALL:
+        return h_set_vring_call(m);
+    case VU_SET_VRING_ERR:
+        return h_set_vring_err(m);
+    case VU_GET_PROTOCOL_FEATURES:
+        if (!size_is(m, 0, "GET_PROTOCOL_FEATURES"))
+            return RC_PROTO;
+        return reply_u64(m->hdr.request, VU_OFFERED_PROTOCOL_FEATURES);
+    case VU_SET_PROTOCOL_FEATURES:
+        return h_set_protocol_features(m);
+    case VU_GET_QUEUE_NUM:
+        if (!size_is(m, 0, "GET_QUEUE_NUM"))
+            return RC_PROTO;
+        return reply_u64(m->hdr.request, g_vdev->vqs_len);
+    case VU_SET_VRING_ENABLE:
+        return h_set_vring_enable(m);
+    case VU_GET_CONFIG:
+        return h_get_config(m);
+    case VU_SET_CONFIG:
+        log_warn("SET_CONFIG refused: the config space is read-only");
+        return RC_FAIL;
+    default:
+        log_warn("unsupported request %u", m->hdr.request);
+        return RC_FAIL;
+    }
+}
+
+/* Returns false when the connection must be dropped. */
+static bool handle_connection(void) {
+    struct vu_msg m;
+    int rc;
+
+    rc = read_msg(g_conn_fd, &m);
+    if (rc == 0) {
+        log_info("frontend disconnected");
+        return false;
+    }
+    if (rc < 0)
+        return false;
+
+    log_debug("request %s (%u), size %u, %u fd(s)", request_name(m.hdr.request),
+              m.hdr.request, m.hdr.size, m.nfds);
+    rc = dispatch(&m);
+    close_msg_fds(&m);
+    if (rc == RC_PROTO) {
+        log_error("protocol error in %s (%u): dropping the frontend",
+                  request_name(m.hdr.request), m.hdr.request);
+        return false;
+    }
+    if (rc == RC_FAIL)
+        log_debug("%s failed", request_name(m.hdr.request));
+    if (rc != RC_REPLIED && (m.hdr.flags & VU_FLAG_NEED_REPLY) &&
+        (g_protocol_features & (1ull << VU_PROTO_F_REPLY_ACK))) {
+        if (reply_u64(m.hdr.request, rc == RC_OK ? 0 : 1) == RC_PROTO)
+            return false;
+    }
+    return true;
+}
+
+/* ---- connection life cycle --------------------------------------------- */
+
+static void drop_connection(void) {
+    reset_device_state();
+    ep_del(g_conn_fd);
+    close_fd(&g_conn_fd);
+    if (ep_add(g_listen_fd, EP_LISTEN, 0) < 0)
+        log_error("cannot watch the listening socket: %s", strerror(errno));
+    log_info("waiting for the next frontend");
+}
+
+static void accept_connection(void) {
+    struct timeval tv = {.tv_sec = VU_IO_TIMEOUT_SEC, .tv_usec = 0};
+    int fd = accept4(g_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+
+    if (fd < 0) {
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+            log_error("accept failed: %s", strerror(errno));
+        return;
+    }
+    /* Bound how long a half-sent message can stall the main thread. */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (ep_add(fd, EP_CONN, 0) < 0) {
+        log_error("cannot watch the connection: %s", strerror(errno));
+        close(fd);
+        return;
+    }
+    ep_del(g_listen_fd); /* one frontend at a time */
+    g_conn_fd = fd;
+    log_info("frontend connected");
+}
+
+static void handle_kick(uint32_t idx) {
+    struct vq_state *s;
+    uint64_t v;
+    ssize_t n;
+
+    if (idx >= g_vdev->vqs_len)
+        return;
+    s = &g_vq[idx];
+    if (s->kick_fd < 0 || !s->kick_watched)
+        return; /* stale event */
+    n = read(s->kick_fd, &v, sizeof(v));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        log_error("queue %u: kick fd failed (%s); no longer watching it", idx,
+                  n == 0 ? "end of file" : strerror(errno));
+        ep_del(s->kick_fd);
+        s->kick_watched = false;
+        return;
+    }
+    if (g_vdev->vqs[idx].ready)
+        call_notify(&g_vdev->vqs[idx]);
+}
+
+/* ---- setup and main loop ------------------------------------------------ */
+
+static VirtIODevice *create_device(const struct rt_options *opts) {
+    const struct virtio_config_ops *cops = &virtio_blk_config_ops;
+    VirtIODevice *vdev;
+    void *params = NULL;
+    cJSON *json;
+    uint32_t i;
+    int rc;
+
+    if (g_ops->num_queues < 1 || g_ops->num_queues > VIRTIO_MAX_VQUEUES ||
+        g_ops->queue_max_size < 1 || g_ops->queue_max_size > 32768 ||
+        g_ops->init == NULL || g_ops->close == NULL || cops->parse == NULL) {
+        log_fatal("device ops table is unusable");
+        return NULL;
+    }
+
+    json = cJSON_CreateObject();
+    if (json == NULL || !cJSON_AddStringToObject(json, "type", "blk") ||
+        !cJSON_AddStringToObject(json, "img", opts->blk_file) ||
+        (opts->read_only && !cJSON_AddBoolToObject(json, "read_only", 1))) {
+        log_fatal("out of memory");
+        cJSON_Delete(json);
+        return NULL;
+    }
+    rc = cops->parse(json, &params);
+    if (rc != 0) {
+        log_fatal("the device rejected its configuration (%d)", rc);
+        cJSON_Delete(json);
+        return NULL;
+    }
+
+    vdev = calloc(1, sizeof(*vdev));
+    if (vdev != NULL)
+        vdev->vqs = calloc(g_ops->num_queues, sizeof(*vdev->vqs));
+    if (vdev == NULL || vdev->vqs == NULL) {
+        log_fatal("out of memory");
+        if (vdev != NULL)
+            free(vdev);
+        if (cops->free != NULL)
+            cops->free(params);
+        cJSON_Delete(json);
+        return NULL;
+    }
+    vdev->type = VirtioTBlock;
+    vdev->zone_id = 0;
+    vdev->irq_id = 0;
+    vdev->regs.device_id = VirtioTBlock;
+    vdev->regs.dev_feature = g_ops->features;
+    vdev->virtio_close = g_ops->close;
+    vdev->status_changed = g_ops->status_changed;
+    vdev->vqs_len = g_ops->num_queues;
+    pthread_mutex_init(&vdev->interrupt_lock, NULL);
+    for (i = 0; i < vdev->vqs_len; i++) {
+        VirtQueue *vq = &vdev->vqs[i];
+
+        vq->dev = vdev;
+        vq->vq_idx = i;
+        vq->queue_num_max = g_ops->queue_max_size;
+        vq->notify_handler = g_ops->notify_handlers[i];
+        pthread_mutex_init(&vq->used_ring_lock, NULL);
+        if (vq->notify_handler == NULL)
+            log_warn("queue %u has no notify handler", i);
+    }
+
+    rc = g_ops->init(vdev, params);
+    if (cops->free != NULL)
+        cops->free(params);
+    cJSON_Delete(json);
+    if (rc != 0) {
+        log_fatal("device initialisation failed (%d)", rc);
+        g_ops->close(vdev); /* frees dev, vqs and vdev */
+        return NULL;
+    }
+    return vdev;
+}
+
+static int open_listener(const struct rt_options *opts) {
+    struct sockaddr_un sa;
+    struct stat st;
+    int fd;
+
+    if (opts->socket_path == NULL) {
+        int on = 0;
+        socklen_t len = sizeof(on);
+
+        if (getsockopt(opts->listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) <
+                0 ||
+            !on) {
+            log_fatal("--fd %d is not a listening socket", opts->listen_fd);
+            return -1;
+        }
+        fcntl(opts->listen_fd, F_SETFD, FD_CLOEXEC);
+        return opts->listen_fd;
+    }
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (strlen(opts->socket_path) >= sizeof(sa.sun_path)) {
+        log_fatal("socket path is too long: %s", opts->socket_path);
+        return -1;
+    }
+    strcpy(sa.sun_path, opts->socket_path);
+    if (lstat(opts->socket_path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            log_fatal("%s exists and is not a socket", opts->socket_path);
+            return -1;
+        }
+        unlink(opts->socket_path); /* stale socket from an earlier run */
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        log_fatal("socket: %s", strerror(errno));
+        return -1;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 1) < 0) {
+        log_fatal("cannot listen on %s: %s", opts->socket_path,
+                  strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void shutdown_all(const struct rt_options *opts) {
+    unsigned i;
+
+    /* Device first: it joins its threads, which may still touch memory. */
+    g_ops->close(g_vdev);
+    g_vdev = NULL;
+    for (i = 0; i < VIRTIO_MAX_VQUEUES; i++)
+        release_vq_fds(&g_vq[i]);
+    unmap_table(&g_mem);
+    close_fd(&g_conn_fd);
+    close_fd(&g_listen_fd);
+    close_fd(&g_signal_fd);
+    close_fd(&g_epfd);
+    if (opts->socket_path != NULL)
+        unlink(opts->socket_path);
+}
+
+int rt_run(const struct rt_options *opts) {
+    sigset_t all, term;
+    unsigned i;
+
+    for (i = 0; i < VIRTIO_MAX_VQUEUES; i++) {
+        g_vq[i].kick_fd = -1;
+        g_vq[i].call_fd = -1;
+        g_vq[i].err_fd = -1;
+    }
+
+    /* Every thread the device starts inherits this fully blocked mask. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    sigemptyset(&term);
+    sigaddset(&term, SIGINT);
+    sigaddset(&term, SIGTERM);
+    g_signal_fd = signalfd(-1, &term, SFD_CLOEXEC | SFD_NONBLOCK);
+    g_epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (g_signal_fd < 0 || g_epfd < 0) {
+        log_fatal("signalfd/epoll: %s", strerror(errno));
+        return 1;
+    }
+
+    g_vdev = create_device(opts);
+    if (g_vdev == NULL)
+        return 1;
+
+    g_listen_fd = open_listener(opts);
+    if (g_listen_fd < 0 || ep_add(g_listen_fd, EP_LISTEN, 0) < 0 ||
+        ep_add(g_signal_fd, EP_SIGNAL, 0) < 0) {
+        if (g_listen_fd >= 0)
+            log_fatal("epoll: %s", strerror(errno));
+        g_ops->close(g_vdev);
+        return 1;
+    }
+    if (opts->socket_path != NULL)
+        fprintf(stderr, "vhost-user-blk: listening on %s\n", opts->socket_path);
+    else
+        fprintf(stderr, "vhost-user-blk: listening on fd %d\n", g_listen_fd);
+
+    for (;;) {
+        struct epoll_event ev[16];
+        int n = epoll_wait(g_epfd, ev, 16, -1);
+        int k;
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            log_fatal("epoll_wait: %s", strerror(errno));
+            shutdown_all(opts);
+            return 1;
+        }
+        for (k = 0; k < n; k++) {
+            uint32_t kind = (uint32_t)(ev[k].data.u64 >> 32);
+            uint32_t idx = (uint32_t)ev[k].data.u64;
+
+            switch (kind) {
+            case EP_LISTEN:
+                if (g_conn_fd < 0)
+                    accept_connection();
+                break;
+            case EP_CONN:
+                if (g_conn_fd >= 0 && !handle_connection())
+                    drop_connection();
+                break;
+            case EP_SIGNAL: {
+                struct signalfd_siginfo si;
+
+                if (read(g_signal_fd, &si, sizeof(si)) == sizeof(si)) {
+                    log_info("signal %u: shutting down", si.ssi_signo);
+                    shutdown_all(opts);
+                    return 0;
+                }
+                break;
+            }
+            case EP_KICK:
+                handle_kick(idx);
+                break;
+            default:
+                break;
+            }
+        }
+    }
+}
