@@ -100,10 +100,12 @@ class Backend:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self._close_log()
-                raise BackendError(f"{self.name} exited with {code} before listening; see {self.log_path}")
+                raise BackendError(
+                    f"{self.name} exited with {code} before listening; see {self.log_path}")
             if time.monotonic() >= deadline:
                 self.kill()
-                raise BackendError(f"{self.name}: no socket after {self.start_timeout}s; see {self.log_path}")
+                raise BackendError(
+                    f"{self.name}: no socket after {self.start_timeout}s; see {self.log_path}")
             time.sleep(0.01)
 
     def alive(self) -> bool:

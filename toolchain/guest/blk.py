@@ -221,7 +221,8 @@ class BlkRequest:
                ranges: Sequence[tuple[int, int, int]]) -> BlkRequest:
         """DISCARD / WRITE_ZEROES with (sector, num_sectors, flags) segments."""
         payload = b"".join(DISCARD_SEG.pack(s, n, f) for s, n, f in ranges)
-        parts: list[tuple[bytes | int, bool]] = [(cls.header(type_), False), (payload, False), (1, True)]
+        parts: list[tuple[bytes | int, bool]] = [
+            (cls.header(type_), False), (payload, False), (1, True)]
         return cls(memory, parts, type_=type_, payload=payload)
 
     # -- inspection ---------------------------------------------------------------

@@ -198,7 +198,8 @@ class VhostUserFrontend:
     @property
     def reply_ack(self) -> bool:
         """Whether REPLY_ACK is negotiated and in use."""
-        return self.use_reply_ack and bool(self.protocol_features & (1 << ProtocolFeature.REPLY_ACK))
+        negotiated = self.protocol_features >> ProtocolFeature.REPLY_ACK & 1
+        return self.use_reply_ack and bool(negotiated)
 
     def _set(self, request: Request, payload: bytes = b"", fds: Sequence[int] = ()) -> None:
         """Send a message with no protocol reply, acknowledged if REPLY_ACK is on."""

@@ -101,7 +101,8 @@ class SplitVirtqueue:
 
     def _take(self, n: int) -> list[int]:
         if n == 0 or n > len(self._free):
-            raise VirtqueueError(f"queue {self.index}: need {n} descriptors, {len(self._free)} free")
+            raise VirtqueueError(
+                f"queue {self.index}: need {n} descriptors, {len(self._free)} free")
         taken, self._free = self._free[:n], self._free[n:]
         return taken
 
@@ -207,7 +208,8 @@ class SplitVirtqueue:
 
     def read_used(self, pos: int) -> UsedElem:
         """Read used->ring[pos % size]."""
-        ident, length = USED_ELEM.unpack(self.memory.read(self.used_gpa + 4 + 8 * (pos % self.size), 8))
+        gpa = self.used_gpa + 4 + 8 * (pos % self.size)
+        ident, length = USED_ELEM.unpack(self.memory.read(gpa, 8))
         return UsedElem(ident, length)
 
     def _drain_call(self) -> None:
@@ -234,8 +236,8 @@ class SplitVirtqueue:
                 self.set_used_event(self.last_used)
             pending = self.pending_used()
             if pending > self.size:
-                raise VirtqueueError(
-                    f"queue {self.index}: used idx {self.used_idx} is {pending} ahead of {self.last_used}")
+                raise VirtqueueError(f"queue {self.index}: used idx {self.used_idx} "
+                                     f"is {pending} ahead of {self.last_used}")
             remaining = deadline - time.monotonic()
             if pending >= count or remaining <= 0:
                 break

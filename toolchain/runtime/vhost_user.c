@@ -78,6 +78,7 @@ enum vu_request {
                (1ull << VU_PROTO_F_CONFIG))
 
 #define VU_MAX_FDS 8
+#define VU_SCM_MAX_FD 253 /* Linux SCM_MAX_FD */
 #define VU_MAX_REGIONS 8
 #define VU_MAX_CONFIG_SIZE 256
 #define VU_VRING_INDEX_MASK 0xffull
@@ -469,7 +470,10 @@ static int read_full(int fd, void *buf, size_t len) {
 
 /* 1 = message read, 0 = orderly EOF, -1 = error (already logged). */
 static int read_msg(int fd, struct vu_msg *m) {
-    char cbuf[CMSG_SPACE(VU_MAX_FDS * sizeof(int))];
+    /* Room for the kernel's per-message maximum, so that surplus fds are
+     * received (and closed) here rather than depending on how the kernel,
+     * or an emulator such as qemu-user, disposes of what did not fit. */
+    char cbuf[CMSG_SPACE(VU_SCM_MAX_FD * sizeof(int))];
     struct iovec iov = {.iov_base = &m->hdr, .iov_len = sizeof(m->hdr)};
     struct msghdr mh;
     struct cmsghdr *c;

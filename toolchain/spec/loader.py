@@ -88,9 +88,12 @@ def _dotted(loc: KeyPath) -> str:
     return ".".join(str(p) for p in loc) if loc else "(top level)"
 
 
-def load_yaml(path: Path) -> LoadedYaml:
-    """Parse one YAML file into data plus marks; raise SpecError on syntax errors."""
-    file = str(path)
+def load_yaml(path: Path, display: str | None = None) -> LoadedYaml:
+    """Parse one YAML file into data plus marks; raise SpecError on syntax errors.
+
+    display is the file name used in messages (default: the path as given).
+    """
+    file = display or str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -107,4 +110,4 @@ def load_yaml(path: Path) -> LoadedYaml:
     data = {} if node is None else _convert(node, (), marks, key_marks, problems, file)
     if problems:
         raise SpecError(problems)
-    return LoadedYaml(path, data, marks, key_marks)
+    return LoadedYaml(Path(file), data, marks, key_marks)

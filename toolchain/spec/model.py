@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 # The GET_ID serial is at most VIRTIO_BLK_ID_BYTES (20) bytes.
 VIRTIO_BLK_ID_BYTES = 20
-# struct virtio_device_ops can register at most VIRTIO_MAX_VQUEUES (4) handlers.
-VIRTIO_MAX_VQUEUES = 4
 # preadv/pwritev take at most IOV_MAX (1024) segments.
 IOV_MAX = 1024
 
@@ -84,7 +82,12 @@ class Device(_Section):
     ] = "hvisor-virblk"
     num_queues: Annotated[
         StrictInt,
-        Field(ge=1, le=VIRTIO_MAX_VQUEUES, description="Number of virtqueues (1..4)."),
+        Field(
+            ge=1,
+            le=1,
+            description="Number of virtqueues. One until multiqueue (VIRTIO_BLK_F_MQ) "
+            "is supported.",
+        ),
     ] = 1
     queue_size: Annotated[
         StrictInt,
@@ -133,14 +136,16 @@ class Threading(_Section):
 
     model: Annotated[
         ThreadingModel,
-        Field(description="procq | worker-drain (see docs/spec.md for each)."),
+        Field(description="Who parses chains and who does the I/O; see docs/spec.md."),
     ] = ThreadingModel.WORKER_DRAIN
 
 
 class Backend(_Section):
     """The I/O backend."""
 
-    io: Annotated[IoBackend, Field(description="sync")] = IoBackend.SYNC
+    io: Annotated[
+        IoBackend, Field(description="How the worker reads and writes the image; see docs/spec.md.")
+    ] = IoBackend.SYNC
 
 
 class SpecBody(_Section):

@@ -29,6 +29,8 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null (empty)"
+    if isinstance(value, int | float):
+        return str(value)
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -116,8 +118,7 @@ def _display_path(path: Path, root: Path | None) -> str:
 def load_spec(path: Path, root: Path | None = None) -> Spec:
     """Load and validate one spec; raise SpecError listing every problem."""
     display = _display_path(path, root)
-    src = load_yaml(path)
-    src = LoadedYaml(Path(display), src.data, src.marks, src.key_marks)
+    src = load_yaml(path, display)
     problems: list[Problem] = []
     name = path.stem
     if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():

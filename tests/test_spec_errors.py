@@ -1,0 +1,78 @@
+"""Every spec rule has a tiny bad spec and its exact expected message.
+
+Run `pytest tests/test_spec_errors.py --update-golden` to rewrite the .err
+files after an intended change of wording, then review the diff.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolchain.spec import SpecError, load_spec
+
+CASES = Path(__file__).parent / "spec_errors"
+BAD_SPECS = sorted(CASES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("bad", BAD_SPECS, ids=[p.stem for p in BAD_SPECS])
+def test_bad_spec_is_refused_with_the_expected_message(
+    bad: Path, root: Path, update_golden: bool
+) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(bad, root)
+    got = str(info.value) + "\n"
+    expected = bad.with_suffix(".err")
+    if update_golden:
+        expected.write_text(got)
+    assert expected.is_file(), f"no golden file {expected.name}; run with --update-golden"
+    assert got == expected.read_text()
+
+
+def test_every_golden_file_has_its_spec() -> None:
+    orphans = [e.name for e in CASES.glob("*.err") if not e.with_suffix(".yaml").is_file()]
+    assert orphans == []
+
+
+def test_errors_name_file_line_col_and_key_path(root: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(CASES / "bad_threading_model.yaml", root)
+    (problem,) = info.value.problems
+    assert (problem.file, problem.line, problem.col) == ("tests/spec_errors/bad_threading_model.yaml", 2, 10)
+    assert problem.key == "threading.model"
+    assert "(did you mean 'worker-drain'?)" in problem.message
+
+
+def test_all_problems_of_a_spec_are_reported_together(root: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(CASES / "every_error_at_once.yaml", root)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["device.queue_size", "device.serail", "threading.model", "features.flush"]
+
+
+def test_invoke_gen_on_a_bad_spec_exits_1_without_a_traceback(root: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "gen", "--check", "--spec", str(CASES / "unknown_key.yaml")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "device.serail: unknown key 'serail'" in proc.stderr
+
+
+def test_unknown_spec_name_suggests_the_near_miss(root: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "gen", "--check", "--spec", "virtio-blc"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "did you mean 'virtio-blk'?" in proc.stderr

@@ -1,0 +1,74 @@
+"""Compile a generated device plus the standalone runtime into one binary."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .targets import WARNINGS, Target
+from .tools import require
+
+RUNTIME_DIR = Path(__file__).parent / "runtime"
+BINARY = "vhost-user-blk"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """Where a build put its binary and whether it had to compile."""
+
+    binary: Path
+    rebuilt: bool
+
+
+class BuildError(RuntimeError):
+    """The compiler failed; the message carries its output and command."""
+
+
+def sources(generated: Path) -> list[Path]:
+    """The device pair's .c plus every runtime .c, in a stable order."""
+    return [generated / "virtio_blk.c", *sorted(RUNTIME_DIR.glob("*.c"))]
+
+
+def headers(generated: Path) -> list[Path]:
+    """Headers the build depends on (for the up-to-date check)."""
+    return [generated / "virtio_blk.h", *sorted(RUNTIME_DIR.glob("*.h"))]
+
+
+def compile_command(target: Target, generated: Path, out: Path) -> list[str]:
+    """The one compiler invocation that builds the binary."""
+    cc = require(target.cc)
+    return [
+        cc,
+        *target.cflags,
+        *WARNINGS,
+        f"-I{generated}",
+        f"-I{RUNTIME_DIR}",
+        *(str(s) for s in sources(generated)),
+        "-o",
+        str(out),
+        *target.ldflags,
+    ]
+
+
+def build(target: Target, generated: Path, out_dir: Path) -> BuildResult:
+    """Build generated/<spec> for target into out_dir (skipped if up to date)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / BINARY
+    cmd = compile_command(target, generated, binary)
+    digest = hashlib.sha256(shlex.join(cmd).encode())
+    for path in sources(generated) + headers(generated):
+        digest.update(path.read_bytes())
+    stamp = out_dir / ".stamp"
+    if binary.is_file() and stamp.is_file() and stamp.read_text() == digest.hexdigest():
+        return BuildResult(binary, rebuilt=False)
+    (out_dir / "build.cmd").write_text(shlex.join(cmd) + "\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    (out_dir / "build.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        stamp.unlink(missing_ok=True)
+        raise BuildError(f"build failed for {out_dir}:\n{proc.stderr.strip()}\ncommand: {shlex.join(cmd)}")
+    stamp.write_text(digest.hexdigest())
+    return BuildResult(binary, rebuilt=True)
