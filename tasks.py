@@ -19,7 +19,7 @@ from toolchain.build import BuildError
 from toolchain.render import CLANG_FORMAT_STYLE
 from toolchain.spec import SpecError
 from toolchain.targets import load_target, target_names
-from toolchain.tools import DEBIAN_PACKAGES, MissingTool, require
+from toolchain.tools import MissingTool, require
 
 ROOT = Path(__file__).resolve().parent
 LAYOUT = project.Layout(ROOT)
@@ -56,15 +56,23 @@ def _spec_names(c: Context, spec: list[str] | None) -> list[str]:
 def setup(c: Context, python_only: bool = False) -> None:
     """Install everything the toolkit needs (Debian packages, Python packages)."""
     if not python_only:
-        missing = [p for p in APT_PACKAGES if subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
-        ).stdout.strip() != "install ok installed"]
+        missing = [
+            p
+            for p in APT_PACKAGES
+            if subprocess.run(
+                ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+            ).stdout.strip()
+            != "install ok installed"
+        ]
         if missing:
             sudo = "" if _is_root() else "sudo "
             _step(f"installing Debian packages: {' '.join(missing)}")
             c.run(f"{sudo}apt-get update -qq", pty=False)
-            c.run(f"{sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                  f"{' '.join(missing)}", pty=False)
+            c.run(
+                f"{sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                f"{' '.join(missing)}",
+                pty=False,
+            )
         else:
             _step("Debian packages: all present")
     _step("Python packages")
@@ -129,9 +137,11 @@ def _build(spec: str, target: str) -> Path:
         "all": "every spec for every target in invoke.yaml",
     },
 )
-def build(c: Context, spec: list[str] | None = None, target: str = "", all: bool = False) -> None:  # noqa: A002
+def build(c: Context, spec: list[str] | None = None, target: str = "", all: bool = False) -> None:
     """Generate, then build build/<target>/<spec>/vhost-user-blk."""
-    names = [p.stem for p in sorted(LAYOUT.spec_dir.glob("*.yaml"))] if all else _spec_names(c, spec)
+    names = (
+        [p.stem for p in sorted(LAYOUT.spec_dir.glob("*.yaml"))] if all else _spec_names(c, spec)
+    )
     targets = list(_cfg(c, "targets")) if all else [target or str(_cfg(c, "target"))]
     gen(c, spec=None if all else names)
     for t in targets:
@@ -147,12 +157,20 @@ def build(c: Context, spec: list[str] | None = None, target: str = "", all: bool
 def fmt(c: Context, fix: bool = False) -> None:
     """clang-format 14 (hvisor-tool's style) over generated/ and the runtime; ruff for Python."""
     exe = require("clang-format-14")
-    files = sorted(str(p) for d in ("generated", "toolchain/runtime") for p in (ROOT / d).rglob("*.[ch]"))
+    files = sorted(
+        str(p) for d in ("generated", "toolchain/runtime") for p in (ROOT / d).rglob("*.[ch]")
+    )
     mode = "-i" if fix else "-n --Werror"
     c.run(f"{exe} --style={shlex.quote(CLANG_FORMAT_STYLE)} {mode} {' '.join(files)}")
     ruff = [sys.executable, "-m", "ruff"]
-    c.run(shlex.join([*ruff, "format", *([] if fix else ["--check"]), "toolchain", "tests", "tasks.py"]))
-    c.run(shlex.join([*ruff, "check", *(["--fix"] if fix else []), "toolchain", "tests", "tasks.py"]))
+    c.run(
+        shlex.join(
+            [*ruff, "format", *([] if fix else ["--check"]), "toolchain", "tests", "tasks.py"]
+        )
+    )
+    c.run(
+        shlex.join([*ruff, "check", *(["--fix"] if fix else []), "toolchain", "tests", "tasks.py"])
+    )
     print("format: clean" if not fix else "format: fixed")
 
 

@@ -43,9 +43,7 @@ def test_offers_exactly_the_spec_features(dev: BlkDevice, dut: DeviceUnderTest) 
     assert offered == dut.manifest["feature_mask"]
 
 
-def test_config_reports_capacity_seg_max_and_size_max(
-    dev: BlkDevice, dut: DeviceUnderTest
-) -> None:
+def test_config_reports_capacity_seg_max_and_size_max(dev: BlkDevice, dut: DeviceUnderTest) -> None:
     config = dev.config()
     assert config.capacity == SECTORS
     assert config.seg_max == dut.spec.device.seg_max
@@ -149,9 +147,7 @@ def test_acknowledged_flushed_data_survives_sigkill_of_the_backend(
     [(SECTORS, 512), (SECTORS - 1, 1024), (2**63, 512), (2**64 - 1, 512)],
     ids=["at-end", "straddling-end", "huge", "wrapping"],
 )
-def test_read_past_capacity_completes_with_ioerr(
-    dev: BlkDevice, sector: int, nbytes: int
-) -> None:
+def test_read_past_capacity_completes_with_ioerr(dev: BlkDevice, sector: int, nbytes: int) -> None:
     c = dev.run(BlkRequest.read(dev.memory, sector, nbytes))
     assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_IOERR, 1, [])
 

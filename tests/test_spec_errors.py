@@ -41,7 +41,11 @@ def test_errors_name_file_line_col_and_key_path(root: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(CASES / "bad_threading_model.yaml", root)
     (problem,) = info.value.problems
-    assert (problem.file, problem.line, problem.col) == ("tests/spec_errors/bad_threading_model.yaml", 2, 10)
+    assert (problem.file, problem.line, problem.col) == (
+        "tests/spec_errors/bad_threading_model.yaml",
+        2,
+        10,
+    )
     assert problem.key == "threading.model"
     assert "(did you mean 'worker-drain'?)" in problem.message
 
@@ -55,7 +59,15 @@ def test_all_problems_of_a_spec_are_reported_together(root: Path) -> None:
 
 def test_invoke_gen_on_a_bad_spec_exits_1_without_a_traceback(root: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "gen", "--check", "--spec", str(CASES / "unknown_key.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "gen",
+            "--check",
+            "--spec",
+            str(CASES / "unknown_key.yaml"),
+        ],
         cwd=root,
         capture_output=True,
         text=True,

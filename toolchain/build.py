@@ -69,6 +69,8 @@ def build(target: Target, generated: Path, out_dir: Path) -> BuildResult:
     (out_dir / "build.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         stamp.unlink(missing_ok=True)
-        raise BuildError(f"build failed for {out_dir}:\n{proc.stderr.strip()}\ncommand: {shlex.join(cmd)}")
+        raise BuildError(
+            f"build failed for {out_dir}:\n{proc.stderr.strip()}\ncommand: {shlex.join(cmd)}"
+        )
     stamp.write_text(digest.hexdigest())
     return BuildResult(binary, rebuilt=True)

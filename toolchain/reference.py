@@ -18,7 +18,9 @@ def json_schema() -> str:
     """JSON Schema of a spec file, for editors (yaml-language-server etc.)."""
     schema = SpecBody.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$comment"] = "AUTOMATICALLY GENERATED from toolchain/spec/model.py by 'invoke gen'; DO NOT MODIFY."
+    schema["$comment"] = (
+        "AUTOMATICALLY GENERATED from toolchain/spec/model.py by 'invoke gen'; DO NOT MODIFY."
+    )
     schema["title"] = "hvisor-blkgen virtio-blk device spec"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
@@ -48,7 +50,9 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.append(f"| `{key}` | mapping | | {annotation.__doc__ or ''} |")
             rows.extend(_rows(annotation, key + "."))
             continue
-        bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("ge", "le") if hasattr(m, k)]
+        bounds = [
+            f"{k} {getattr(m, k)}" for m in field.metadata for k in ("ge", "le") if hasattr(m, k)
+        ]
         extra = f" ({', '.join(bounds)})" if bounds else ""
         rows.append(
             f"| `{key}` | {_type_name(annotation)}{extra} | {_default(field.default)} "
@@ -60,7 +64,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
 def reference_markdown() -> str:
     """Every spec key with its type, default and meaning."""
     lines = [
-        "<!-- AUTOMATICALLY GENERATED from toolchain/spec/model.py by 'invoke gen'; DO NOT MODIFY. -->",
+        "<!-- AUTOMATICALLY GENERATED from toolchain/spec/model.py by 'invoke gen';"
+        " DO NOT MODIFY. -->",
         "# Spec key reference",
         "",
         "Every key is optional; an omitted key takes its default, and the defaults",

@@ -34,8 +34,12 @@ class Target(BaseModel):
     cc: str
     cflags: Annotated[list[str], Field(default_factory=list)]
     ldflags: Annotated[list[str], Field(default_factory=list)]
-    runner: Annotated[list[str], Field(default_factory=list, description="argv prefix to run a binary")]
-    packages: Annotated[list[str], Field(default_factory=list, description="Debian packages needed")]
+    runner: Annotated[
+        list[str], Field(default_factory=list, description="argv prefix to run a binary")
+    ]
+    packages: Annotated[
+        list[str], Field(default_factory=list, description="Debian packages needed")
+    ]
 
     @property
     def emulated(self) -> bool:

@@ -48,8 +48,9 @@ def start_qsd(qsd_binary: str, image: Path, tmp_path: Path) -> Iterator[Callable
     started: list[Backend] = []
 
     def start(**kwargs: Any) -> Backend:
-        be = Backend.qemu_storage_daemon(str(image), tmp_path / "logs",
-                                         binary=qsd_binary, name=f"qsd{len(started)}", **kwargs)
+        be = Backend.qemu_storage_daemon(
+            str(image), tmp_path / "logs", binary=qsd_binary, name=f"qsd{len(started)}", **kwargs
+        )
         started.append(be)
         be.start()
         return be

@@ -43,18 +43,22 @@ def test_raw_message_roundtrip(dev: BlkDevice) -> None:
     assert struct.unpack("<Q", payload)[0] == dev.offered_features
 
 
-@pytest.mark.parametrize(("sector", "nbytes", "segments"), [
-    (0, 512, 1),
-    (1, 4096, 1),
-    (7, 4096, 3),
-    (100, 65536, 4),
-    (SECTORS - 1, 512, 1),
-    (SECTORS - 8, 4096, 8),
-    (12345, 1536, [1, 511, 1024]),
-    (2048, 8192, [4096, 7, 4089]),
-])
-def test_write_read_back(dev: BlkDevice, shadow: ShadowDisk, sector: int, nbytes: int,
-                         segments: int | list[int]) -> None:
+@pytest.mark.parametrize(
+    ("sector", "nbytes", "segments"),
+    [
+        (0, 512, 1),
+        (1, 4096, 1),
+        (7, 4096, 3),
+        (100, 65536, 4),
+        (SECTORS - 1, 512, 1),
+        (SECTORS - 8, 4096, 8),
+        (12345, 1536, [1, 511, 1024]),
+        (2048, 8192, [4096, 7, 4089]),
+    ],
+)
+def test_write_read_back(
+    dev: BlkDevice, shadow: ShadowDisk, sector: int, nbytes: int, segments: int | list[int]
+) -> None:
     off = sector * SECTOR_SIZE
     assert dev.read(sector, nbytes, segments) == shadow.expected(off, nbytes)
     data = random.Random(sector).randbytes(nbytes)

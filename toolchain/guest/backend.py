@@ -26,9 +26,15 @@ class Backend:
     written to ``<log_dir>/<name>.cmd``.  Use the classmethods to build argv.
     """
 
-    def __init__(self, argv: Sequence[str], socket_path: str, log_dir: str | os.PathLike[str],
-                 name: str = "backend", start_timeout: float = 10.0,
-                 own_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        socket_path: str,
+        log_dir: str | os.PathLike[str],
+        name: str = "backend",
+        start_timeout: float = 10.0,
+        own_dir: str | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.socket_path = socket_path
         self.log_dir = Path(log_dir)
@@ -49,10 +55,18 @@ class Backend:
         return d, d
 
     @classmethod
-    def vhost_user_blk(cls, binary: str, image: str, log_dir: str | os.PathLike[str], *,
-                       prefix: Sequence[str] = (), read_only: bool = False,
-                       extra_args: Sequence[str] = (), socket_dir: str | None = None,
-                       name: str = "vhost-user-blk") -> Backend:
+    def vhost_user_blk(
+        cls,
+        binary: str,
+        image: str,
+        log_dir: str | os.PathLike[str],
+        *,
+        prefix: Sequence[str] = (),
+        read_only: bool = False,
+        extra_args: Sequence[str] = (),
+        socket_dir: str | None = None,
+        name: str = "vhost-user-blk",
+    ) -> Backend:
         """The project's backend: ``prefix binary --socket-path S --blk-file IMG [--read-only]``."""
         sdir, own = cls._socket_dir(socket_dir)
         sock = os.path.join(sdir, f"{name}.sock")
@@ -62,10 +76,17 @@ class Backend:
         return cls([*argv, *extra_args], sock, log_dir, name, own_dir=own)
 
     @classmethod
-    def qemu_storage_daemon(cls, image: str, log_dir: str | os.PathLike[str], *,
-                            read_only: bool = False, num_queues: int = 1,
-                            binary: str = "qemu-storage-daemon", socket_dir: str | None = None,
-                            name: str = "qsd") -> Backend:
+    def qemu_storage_daemon(
+        cls,
+        image: str,
+        log_dir: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        num_queues: int = 1,
+        binary: str = "qemu-storage-daemon",
+        socket_dir: str | None = None,
+        name: str = "qsd",
+    ) -> Backend:
         """QEMU's reference vhost-user-blk export of a raw ``image``."""
         sdir, own = cls._socket_dir(socket_dir)
         sock = os.path.join(sdir, f"{name}.sock")
@@ -74,8 +95,10 @@ class Backend:
             "--blockdev",
             f"driver=file,node-name=f,filename={image},read-only={'on' if read_only else 'off'}",
             "--export",
-            ("type=vhost-user-blk,id=e,node-name=f,addr.type=unix,"
-             f"addr.path={sock},writable={'off' if read_only else 'on'},num-queues={num_queues}"),
+            (
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,"
+                f"addr.path={sock},writable={'off' if read_only else 'on'},num-queues={num_queues}"
+            ),
         ]
         return cls(argv, sock, log_dir, name, own_dir=own)
 
@@ -93,19 +116,26 @@ class Backend:
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(self.socket_path):
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self._close_log()
                 raise BackendError(
-                    f"{self.name} exited with {code} before listening; see {self.log_path}")
+                    f"{self.name} exited with {code} before listening; see {self.log_path}"
+                )
             if time.monotonic() >= deadline:
                 self.kill()
                 raise BackendError(
-                    f"{self.name}: no socket after {self.start_timeout}s; see {self.log_path}")
+                    f"{self.name}: no socket after {self.start_timeout}s; see {self.log_path}"
+                )
             time.sleep(0.01)
 
     def alive(self) -> bool:

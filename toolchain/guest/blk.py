@@ -49,16 +49,30 @@ VIRTIO_RING_F_EVENT_IDX = 29
 VIRTIO_F_VERSION_1 = 32
 
 #: Feature bits this driver understands and accepts when offered.
-KNOWN_FEATURES = sum(1 << b for b in (
-    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_CONFIG_WCE,
-    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES,
-    VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX, VIRTIO_F_VERSION_1,
-    F_PROTOCOL_FEATURES,
-))
+KNOWN_FEATURES = sum(
+    1 << b
+    for b in (
+        VIRTIO_BLK_F_SIZE_MAX,
+        VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_GEOMETRY,
+        VIRTIO_BLK_F_RO,
+        VIRTIO_BLK_F_BLK_SIZE,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_TOPOLOGY,
+        VIRTIO_BLK_F_CONFIG_WCE,
+        VIRTIO_BLK_F_MQ,
+        VIRTIO_BLK_F_DISCARD,
+        VIRTIO_BLK_F_WRITE_ZEROES,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_F_VERSION_1,
+        F_PROTOCOL_FEATURES,
+    )
+)
 #: vhost-user protocol features this driver asks for when offered.
-WANTED_PROTOCOL_FEATURES = sum(1 << b for b in (
-    ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG))
+WANTED_PROTOCOL_FEATURES = sum(
+    1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
+)
 
 HEADER = struct.Struct("<IIQ")
 DISCARD_SEG = struct.Struct("<QII")
@@ -154,9 +168,16 @@ class BlkRequest:
     well-formed requests; the constructor builds any chain.
     """
 
-    def __init__(self, memory: GuestMemory, parts: Sequence[tuple[bytes | int, bool]], *,
-                 type_: int | None = None, sector: int = 0, payload: bytes = b"",
-                 region: int | None = None) -> None:
+    def __init__(
+        self,
+        memory: GuestMemory,
+        parts: Sequence[tuple[bytes | int, bool]],
+        *,
+        type_: int | None = None,
+        sector: int = 0,
+        payload: bytes = b"",
+        region: int | None = None,
+    ) -> None:
         self.memory = memory
         self.type = type_
         self.sector = sector
@@ -176,8 +197,14 @@ class BlkRequest:
         return HEADER.pack(type_, ioprio, sector)
 
     @classmethod
-    def read(cls, memory: GuestMemory, sector: int, nbytes: int,
-             segments: int | Sequence[int] = 1, region: int | None = None) -> BlkRequest:
+    def read(
+        cls,
+        memory: GuestMemory,
+        sector: int,
+        nbytes: int,
+        segments: int | Sequence[int] = 1,
+        region: int | None = None,
+    ) -> BlkRequest:
         """VIRTIO_BLK_T_IN of ``nbytes`` split over ``segments`` buffers."""
         parts: list[tuple[bytes | int, bool]] = [(cls.header(VIRTIO_BLK_T_IN, sector), False)]
         parts += [(n, True) for n in split_sizes(nbytes, segments)]
@@ -185,8 +212,14 @@ class BlkRequest:
         return cls(memory, parts, type_=VIRTIO_BLK_T_IN, sector=sector, region=region)
 
     @classmethod
-    def write(cls, memory: GuestMemory, sector: int, data: bytes,
-              segments: int | Sequence[int] = 1, region: int | None = None) -> BlkRequest:
+    def write(
+        cls,
+        memory: GuestMemory,
+        sector: int,
+        data: bytes,
+        segments: int | Sequence[int] = 1,
+        region: int | None = None,
+    ) -> BlkRequest:
         """VIRTIO_BLK_T_OUT of ``data`` split over ``segments`` buffers."""
         parts: list[tuple[bytes | int, bool]] = [(cls.header(VIRTIO_BLK_T_OUT, sector), False)]
         pos = 0
@@ -194,8 +227,9 @@ class BlkRequest:
             parts.append((data[pos : pos + n], False))
             pos += n
         parts.append((1, True))
-        return cls(memory, parts, type_=VIRTIO_BLK_T_OUT, sector=sector, payload=data,
-                   region=region)
+        return cls(
+            memory, parts, type_=VIRTIO_BLK_T_OUT, sector=sector, payload=data, region=region
+        )
 
     @classmethod
     def simple(cls, memory: GuestMemory, type_: int, in_len: int = 0) -> BlkRequest:
@@ -217,12 +251,16 @@ class BlkRequest:
         return cls.simple(memory, VIRTIO_BLK_T_GET_ID, ID_BYTES)
 
     @classmethod
-    def ranges(cls, memory: GuestMemory, type_: int,
-               ranges: Sequence[tuple[int, int, int]]) -> BlkRequest:
+    def ranges(
+        cls, memory: GuestMemory, type_: int, ranges: Sequence[tuple[int, int, int]]
+    ) -> BlkRequest:
         """DISCARD / WRITE_ZEROES with (sector, num_sectors, flags) segments."""
         payload = b"".join(DISCARD_SEG.pack(s, n, f) for s, n, f in ranges)
         parts: list[tuple[bytes | int, bool]] = [
-            (cls.header(type_), False), (payload, False), (1, True)]
+            (cls.header(type_), False),
+            (payload, False),
+            (1, True),
+        ]
         return cls(memory, parts, type_=type_, payload=payload)
 
     # -- inspection ---------------------------------------------------------------
@@ -284,9 +322,16 @@ class Completion:
 class BlkDevice:
     """A virtio-blk driver speaking vhost-user to a backend."""
 
-    def __init__(self, memory: GuestMemory | None = None, *, queue_size: int = 128,
-                 num_queues: int = 1, timeout: float = 5.0, feature_mask: int = ~0,
-                 indirect: bool = False) -> None:
+    def __init__(
+        self,
+        memory: GuestMemory | None = None,
+        *,
+        queue_size: int = 128,
+        num_queues: int = 1,
+        timeout: float = 5.0,
+        feature_mask: int = ~0,
+        indirect: bool = False,
+    ) -> None:
         self.memory = memory if memory is not None else GuestMemory()
         self.queue_size = queue_size
         self.num_queues = num_queues
@@ -331,8 +376,10 @@ class BlkDevice:
         fe.set_features(self.features)
         fe.set_mem_table(self.memory)
         event_idx = bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX))
-        self.queues = [SplitVirtqueue(self.memory, i, self.queue_size, event_idx)
-                       for i in range(self.num_queues)]
+        self.queues = [
+            SplitVirtqueue(self.memory, i, self.queue_size, event_idx)
+            for i in range(self.num_queues)
+        ]
         self._inflight = [{} for _ in self.queues]
         for q in self.queues:
             q.setup(fe)
@@ -389,8 +436,9 @@ class BlkDevice:
 
     # -- I/O ----------------------------------------------------------------------------
 
-    def submit(self, req: BlkRequest, queue: int = 0, *, indirect: bool | None = None,
-               kick: bool = True) -> int:
+    def submit(
+        self, req: BlkRequest, queue: int = 0, *, indirect: bool | None = None, kick: bool = True
+    ) -> int:
         """Post ``req`` on ``queue``; return the descriptor head."""
         q = self.queues[queue]
         use_indirect = self.indirect if indirect is None else indirect
@@ -405,8 +453,9 @@ class BlkDevice:
         """Requests posted on ``queue`` and not yet completed."""
         return len(self._inflight[queue])
 
-    def complete(self, timeout: float | None = None, queue: int = 0,
-                 count: int | None = None) -> list[Completion]:
+    def complete(
+        self, timeout: float | None = None, queue: int = 0, count: int | None = None
+    ) -> list[Completion]:
         """Wait for ``count`` completions (default: all outstanding) and collect them.
 
         Raises BlkError if fewer arrive within ``timeout``, VirtqueueError if the
@@ -425,8 +474,17 @@ class BlkDevice:
                 req = inflight.pop(elem.id, None)
                 if req is None:
                     raise VirtqueueError(f"queue {queue}: used id {elem.id} was not outstanding")
-                done.append(Completion(req, queue, elem.id, elem.len, req.status(),
-                                       req.data_in(), req.check_guards()))
+                done.append(
+                    Completion(
+                        req,
+                        queue,
+                        elem.id,
+                        elem.len,
+                        req.status(),
+                        req.data_in(),
+                        req.check_guards(),
+                    )
+                )
                 q.free_chain(elem.id)
                 req.free()
         return done
@@ -447,17 +505,23 @@ class BlkDevice:
             raise BlkStatusError(c.status, what)
         return c
 
-    def read(self, sector: int, nbytes: int, segments: int | Sequence[int] = 1,
-             queue: int = 0) -> bytes:
+    def read(
+        self, sector: int, nbytes: int, segments: int | Sequence[int] = 1, queue: int = 0
+    ) -> bytes:
         """Read ``nbytes`` from ``sector``; raise BlkStatusError unless S_OK."""
-        return self._checked(BlkRequest.read(self.memory, sector, nbytes, segments),
-                             f"read {sector}+{nbytes}", queue).data
+        return self._checked(
+            BlkRequest.read(self.memory, sector, nbytes, segments), f"read {sector}+{nbytes}", queue
+        ).data
 
-    def write(self, sector: int, data: bytes, segments: int | Sequence[int] = 1,
-              queue: int = 0) -> None:
+    def write(
+        self, sector: int, data: bytes, segments: int | Sequence[int] = 1, queue: int = 0
+    ) -> None:
         """Write ``data`` at ``sector``; raise BlkStatusError unless S_OK."""
-        self._checked(BlkRequest.write(self.memory, sector, data, segments),
-                      f"write {sector}+{len(data)}", queue)
+        self._checked(
+            BlkRequest.write(self.memory, sector, data, segments),
+            f"write {sector}+{len(data)}",
+            queue,
+        )
 
     def flush(self, queue: int = 0) -> None:
         """VIRTIO_BLK_T_FLUSH; raise BlkStatusError unless S_OK."""

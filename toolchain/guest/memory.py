@@ -106,8 +106,13 @@ class GuestMemory:
             self._free.append(_FreeList([(gpa, gpa + size)]))
 
     @classmethod
-    def with_gap(cls, count: int = 2, size: int = 16 * 1024 * 1024, gap: int = 0x10_0000,
-                 base: int = DEFAULT_GPA) -> GuestMemory:
+    def with_gap(
+        cls,
+        count: int = 2,
+        size: int = 16 * 1024 * 1024,
+        gap: int = 0x10_0000,
+        base: int = DEFAULT_GPA,
+    ) -> GuestMemory:
         """Build ``count`` regions of ``size`` bytes separated by ``gap`` unmapped bytes."""
         return cls([(base + i * (size + gap), size) for i in range(count)])
 

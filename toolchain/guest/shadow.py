@@ -65,8 +65,7 @@ class ShadowDisk:
             return
         for k, (a, b) in enumerate(zip(got, want, strict=True)):
             if a != b and self.known[offset + k]:
-                raise ShadowMismatch(
-                    f"byte {offset + k:#x}: read {a:#04x}, expected {b:#04x}")
+                raise ShadowMismatch(f"byte {offset + k:#x}: read {a:#04x}, expected {b:#04x}")
 
     def observe(self, c: Completion) -> None:
         """Apply a completed request: successful writes update, reads are checked."""

@@ -96,9 +96,14 @@ class ProtocolFeature(IntEnum):
 
 #: Requests whose reply is part of the protocol (need_reply is meaningless).
 _HAS_REPLY = {
-    Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
-    Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_INFLIGHT_FD,
-    Request.GET_MAX_MEM_SLOTS, Request.GET_STATUS,
+    Request.GET_FEATURES,
+    Request.GET_PROTOCOL_FEATURES,
+    Request.GET_VRING_BASE,
+    Request.GET_QUEUE_NUM,
+    Request.GET_CONFIG,
+    Request.GET_INFLIGHT_FD,
+    Request.GET_MAX_MEM_SLOTS,
+    Request.GET_STATUS,
 }
 
 
@@ -121,8 +126,9 @@ class VhostUserFrontend:
     wait for the backend socket to appear and accept.
     """
 
-    def __init__(self, socket_path: str, timeout: float = 5.0,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, socket_path: str, timeout: float = 5.0, connect_timeout: float = 10.0
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self.protocol_features = 0
@@ -148,11 +154,18 @@ class VhostUserFrontend:
 
     # -- raw transport -----------------------------------------------------
 
-    def send(self, request: int, payload: bytes = b"", fds: Sequence[int] = (),
-             flags: int | None = None, size: int | None = None) -> None:
+    def send(
+        self,
+        request: int,
+        payload: bytes = b"",
+        fds: Sequence[int] = (),
+        flags: int | None = None,
+        size: int | None = None,
+    ) -> None:
         """Send one message; ``flags``/``size`` override the header (for malicious tests)."""
-        hdr = HEADER.pack(request, VERSION if flags is None else flags,
-                          len(payload) if size is None else size)
+        hdr = HEADER.pack(
+            request, VERSION if flags is None else flags, len(payload) if size is None else size
+        )
         data = hdr + payload
         try:
             sent = socket.send_fds(self.sock, [data], list(fds)) if fds else self.sock.send(data)
@@ -272,11 +285,20 @@ class VhostUserFrontend:
         """SET_VRING_NUM."""
         self._set(Request.SET_VRING_NUM, struct.pack("<II", index, num))
 
-    def set_vring_addr(self, index: int, desc_uaddr: int, used_uaddr: int,
-                       avail_uaddr: int, flags: int = 0, log: int = 0) -> None:
+    def set_vring_addr(
+        self,
+        index: int,
+        desc_uaddr: int,
+        used_uaddr: int,
+        avail_uaddr: int,
+        flags: int = 0,
+        log: int = 0,
+    ) -> None:
         """SET_VRING_ADDR (wire order: index, flags, desc, used, avail, log)."""
-        self._set(Request.SET_VRING_ADDR, struct.pack(
-            "<IIQQQQ", index, flags, desc_uaddr, used_uaddr, avail_uaddr, log))
+        self._set(
+            Request.SET_VRING_ADDR,
+            struct.pack("<IIQQQQ", index, flags, desc_uaddr, used_uaddr, avail_uaddr, log),
+        )
 
     def set_vring_base(self, index: int, base: int) -> None:
         """SET_VRING_BASE: next avail index the backend will read."""
@@ -319,7 +341,7 @@ class VhostUserFrontend:
         r_off, r_size, _ = CONFIG_HDR.unpack_from(payload)
         if (r_off, r_size) != (offset, size):
             raise VhostUserError(f"GET_CONFIG: reply for {r_off}+{r_size}")
-        return payload[CONFIG_HDR.size:]
+        return payload[CONFIG_HDR.size :]
 
     def set_config(self, offset: int, data: bytes, flags: int = 0) -> None:
         """SET_CONFIG (flags 0 = frontend-initiated write)."""

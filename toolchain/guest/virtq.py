@@ -48,8 +48,7 @@ def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
 class SplitVirtqueue:
     """A split virtqueue owned by the driver (us), with its own eventfds."""
 
-    def __init__(self, memory: GuestMemory, index: int, size: int,
-                 event_idx: bool = False) -> None:
+    def __init__(self, memory: GuestMemory, index: int, size: int, event_idx: bool = False) -> None:
         if size <= 0 or size > 32768 or size & (size - 1):
             raise VirtqueueError(f"queue size {size} must be a power of two <= 32768")
         self.memory = memory
@@ -77,8 +76,12 @@ class SplitVirtqueue:
         m = self.memory
         frontend.set_vring_num(self.index, self.size)
         frontend.set_vring_base(self.index, base)
-        frontend.set_vring_addr(self.index, m.gpa_to_uaddr(self.desc_gpa),
-                                m.gpa_to_uaddr(self.used_gpa), m.gpa_to_uaddr(self.avail_gpa))
+        frontend.set_vring_addr(
+            self.index,
+            m.gpa_to_uaddr(self.desc_gpa),
+            m.gpa_to_uaddr(self.used_gpa),
+            m.gpa_to_uaddr(self.avail_gpa),
+        )
         frontend.set_vring_call(self.index, self.call_fd)
         frontend.set_vring_kick(self.index, self.kick_fd)
         frontend.set_vring_enable(self.index, True)
@@ -102,7 +105,8 @@ class SplitVirtqueue:
     def _take(self, n: int) -> list[int]:
         if n == 0 or n > len(self._free):
             raise VirtqueueError(
-                f"queue {self.index}: need {n} descriptors, {len(self._free)} free")
+                f"queue {self.index}: need {n} descriptors, {len(self._free)} free"
+            )
         taken, self._free = self._free[:n], self._free[n:]
         return taken
 
@@ -236,8 +240,10 @@ class SplitVirtqueue:
                 self.set_used_event(self.last_used)
             pending = self.pending_used()
             if pending > self.size:
-                raise VirtqueueError(f"queue {self.index}: used idx {self.used_idx} "
-                                     f"is {pending} ahead of {self.last_used}")
+                raise VirtqueueError(
+                    f"queue {self.index}: used idx {self.used_idx} "
+                    f"is {pending} ahead of {self.last_used}"
+                )
             remaining = deadline - time.monotonic()
             if pending >= count or remaining <= 0:
                 break

@@ -69,15 +69,15 @@ def _convert(
                 continue
             if key in out:
                 problems.append(
-                    Problem(file, m.line, m.col, _dotted(loc + (key,)), f"duplicate key '{key}'")
+                    Problem(file, m.line, m.col, _dotted((*loc, key)), f"duplicate key '{key}'")
                 )
                 continue
-            key_marks[loc + (key,)] = m
-            out[key] = _convert(value_node, loc + (key,), marks, key_marks, problems, file)
+            key_marks[(*loc, key)] = m
+            out[key] = _convert(value_node, (*loc, key), marks, key_marks, problems, file)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
-            _convert(item, loc + (i,), marks, key_marks, problems, file)
+            _convert(item, (*loc, i), marks, key_marks, problems, file)
             for i, item in enumerate(node.value)
         ]
     # Scalars: the safe constructor resolves the tag (int, bool, str, null, ...).
@@ -97,13 +97,17 @@ def load_yaml(path: Path, display: str | None = None) -> LoadedYaml:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError([Problem(file, 1, 1, "(file)", f"cannot read spec: {exc.strerror}")]) from None
+        raise SpecError(
+            [Problem(file, 1, 1, "(file)", f"cannot read spec: {exc.strerror}")]
+        ) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark
         line, col = (m.line + 1, m.column + 1) if m is not None else (1, 1)
-        raise SpecError([Problem(file, line, col, "(syntax)", f"invalid YAML: {exc.problem}")]) from None
+        raise SpecError(
+            [Problem(file, line, col, "(syntax)", f"invalid YAML: {exc.problem}")]
+        ) from None
     marks: dict[KeyPath, Mark] = {}
     key_marks: dict[KeyPath, Mark] = {}
     problems: list[Problem] = []

@@ -9,7 +9,7 @@ templates branch on, so no template ever compares strings.
 from __future__ import annotations
 
 import hashlib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +21,7 @@ VIRTIO_BLK_ID_BYTES = 20
 IOV_MAX = 1024
 
 
-class ThreadingModel(str, Enum):
+class ThreadingModel(StrEnum):
     """Who parses descriptor chains, who does the I/O, who completes."""
 
     PROCQ = "procq"
@@ -55,7 +55,7 @@ class ThreadingModel(str, Enum):
         }[self]
 
 
-class IoBackend(str, Enum):
+class IoBackend(StrEnum):
     """How the worker talks to the image file."""
 
     SYNC = "sync"
@@ -94,8 +94,7 @@ class Device(_Section):
         Field(
             ge=2,
             le=IOV_MAX,
-            description="QueueNumMax: the largest ring the driver may choose; a "
-            "power of two.",
+            description="QueueNumMax: the largest ring the driver may choose; a power of two.",
         ),
     ] = 512
     seg_max: Annotated[
@@ -181,7 +180,9 @@ class Spec(BaseModel):
     @classmethod
     def from_body(cls, path: Path, text: bytes, body: SpecBody, source: str) -> Spec:
         """Wrap a validated body with its provenance."""
-        return cls(name=path.stem, source=source, sha256=hashlib.sha256(text).hexdigest(), body=body)
+        return cls(
+            name=path.stem, source=source, sha256=hashlib.sha256(text).hexdigest(), body=body
+        )
 
     # Convenience accessors: templates say spec.features.flush, not spec.body....
     @property

@@ -32,8 +32,7 @@ def _serial_fits_get_id(spec: SpecBody) -> Iterator[Finding]:
     elif len(serial) > VIRTIO_BLK_ID_BYTES:
         yield (
             ("device", "serial"),
-            f"'{serial}' is {len(serial)} bytes; GET_ID returns at most "
-            f"{VIRTIO_BLK_ID_BYTES}",
+            f"'{serial}' is {len(serial)} bytes; GET_ID returns at most {VIRTIO_BLK_ID_BYTES}",
         )
 
 

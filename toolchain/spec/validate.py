@@ -123,10 +123,20 @@ def load_spec(path: Path, root: Path | None = None) -> Spec:
     name = path.stem
     if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
         problems.append(
-            Problem(display, 1, 1, "(file name)", f"spec name '{name}' must be letters, digits, '-' or '_'")
+            Problem(
+                display,
+                1,
+                1,
+                "(file name)",
+                f"spec name '{name}' must be letters, digits, '-' or '_'",
+            )
         )
     if not isinstance(src.data, dict):
-        problems.append(_problem(src, display, (), f"expected a mapping at the top level, got {_show(src.data)}"))
+        problems.append(
+            _problem(
+                src, display, (), f"expected a mapping at the top level, got {_show(src.data)}"
+            )
+        )
         raise SpecError(problems)
     try:
         body = SpecBody.model_validate(src.data)
@@ -169,7 +179,13 @@ def spec_paths(spec_dir: Path, names: list[str] | None = None) -> list[Path]:
         if missing:
             known = sorted(p.stem for p in spec_dir.glob("*.yaml"))
             raise SpecError(
-                Problem(str(p), 1, 1, "(file)", f"no such spec; known specs: {quoted(known)}{did_you_mean(p.stem, known)}")
+                Problem(
+                    str(p),
+                    1,
+                    1,
+                    "(file)",
+                    f"no such spec; known specs: {quoted(known)}{did_you_mean(p.stem, known)}",
+                )
                 for p in missing
             )
         return out
