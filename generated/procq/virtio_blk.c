@@ -112,6 +112,7 @@ typedef struct blk_queue {
 struct virtio_blk_dev {
     BlkConfig config; /* first: hvisor's config reads index vdev->dev */
     uint8_t config_zeros[BLK_CONFIG_WINDOW - sizeof(BlkConfig)];
+    VirtIODevice *vdev;   /* set at init */
     int img_fd;           /* set at init, closed by close() */
     bool read_only;       /* set at init */
     uint64_t capacity;    /* in sectors; set at init */
@@ -181,27 +182,29 @@ static void blk_mark_broken(BlkQueue *q, const char *why) {
 /* ---- Parsing: descriptor chain -> struct blk_req ----------------------- */
 
 /* Walk the chain at head into req. Returns false when the chain breaks a
- * rule; req->status is then set only if a valid status buffer was found. */
+ * rule; the caller then completes it as malformed. */
 static bool blk_walk_chain(BlkQueue *q, uint16_t head, struct blk_req *req) {
     VirtQueue *vq = q->vq;
-    const uint64_t num = vq->num;
+    volatile VirtqDesc *table = vq->desc_table;
+    uint64_t size = vq->num; /* entries in table */
     const uint8_t *hdr = NULL;
     unsigned int nread = 0, nwrite = 0;
     uint16_t idx = head;
 
     for (uint64_t seen = 0;; seen++) {
-        if (idx >= num || seen >= num)
+        if (idx >= size || seen >= size)
             return false; /* index out of the table, or a loop */
         /* Read each field exactly once: the guest may change the table
          * under us, and a second read could disagree with the first. */
-        volatile VirtqDesc *d = &vq->desc_table[idx];
+        volatile VirtqDesc *d = &table[idx];
         const uint64_t addr = d->addr;
         const uint32_t len = d->len;
         const uint16_t flags = d->flags;
         const uint16_t next = d->next;
 
-        if (flags & VRING_DESC_F_INDIRECT)
+        if (flags & VRING_DESC_F_INDIRECT) {
             return false; /* VIRTIO_RING_F_INDIRECT_DESC is not offered */
+        }
         if (len != 0) {
             uint8_t *buf = blk_map(q->dev->zone_id, addr, len);
             if (buf == NULL)
@@ -281,6 +284,7 @@ static int blk_pop(BlkQueue *q, struct blk_req *req) {
     if (!blk_walk_chain(q, head, req)) {
         log_debug("virtio-blk: malformed chain at head %u", head);
         req->type = BLK_T_MALFORMED;
+        req->status = NULL;
         req->niov = 0;
     }
     return 1;
@@ -328,27 +332,20 @@ static bool blk_in_range(const BlkDev *dev, const struct blk_req *req) {
            req->sector <= dev->capacity && nsect <= dev->capacity - req->sector;
 }
 
-static uint8_t blk_do_read(BlkDev *dev, struct blk_req *req,
-                           uint32_t *written) {
-    if (!req->data_writable && req->niov != 0)
+/* IN and OUT share their checks; only the direction differs. */
+static uint8_t blk_do_rw(BlkDev *dev, struct blk_req *req, bool write,
+                         uint32_t *written) {
+    if (req->data_writable == write && req->niov != 0)
         return VIRTIO_BLK_S_IOERR; /* data on the wrong side */
-    if (!blk_in_range(dev, req))
-        return VIRTIO_BLK_S_IOERR;
-    if (blk_transfer(dev->img_fd, req, false,
-                     (off_t)(req->sector << BLK_SECTOR_SHIFT)) < 0)
-        return VIRTIO_BLK_S_IOERR;
-    *written = (uint32_t)req->data_len;
-    return VIRTIO_BLK_S_OK;
-}
-
-static uint8_t blk_do_write(BlkDev *dev, struct blk_req *req) {
-    if (req->data_writable || dev->read_only)
+    if (write && dev->read_only)
         return VIRTIO_BLK_S_IOERR;
     if (!blk_in_range(dev, req))
         return VIRTIO_BLK_S_IOERR;
-    if (blk_transfer(dev->img_fd, req, true,
+    if (blk_transfer(dev->img_fd, req, write,
                      (off_t)(req->sector << BLK_SECTOR_SHIFT)) < 0)
         return VIRTIO_BLK_S_IOERR;
+    if (!write)
+        *written = (uint32_t)req->data_len;
     return VIRTIO_BLK_S_OK;
 }
 
@@ -387,10 +384,10 @@ static void blk_handle(BlkQueue *q, struct blk_req *req) {
 
     switch (req->type) {
     case VIRTIO_BLK_T_IN:
-        status = blk_do_read(dev, req, &written);
+        status = blk_do_rw(dev, req, false, &written);
         break;
     case VIRTIO_BLK_T_OUT:
-        status = blk_do_write(dev, req);
+        status = blk_do_rw(dev, req, true, &written);
         break;
     case VIRTIO_BLK_T_FLUSH:
         status = blk_do_flush(dev, req);
@@ -499,8 +496,7 @@ static void *blk_worker(void *arg) {
 
         pthread_mutex_lock(&q->mtx);
         q->free_slots[q->nfree++] = req;
-        const bool idle = q->fifo_len == 0;
-        if (idle) {
+        if (q->fifo_len == 0) {
             /* Interrupt once the queue has run dry, as hvisor-tool did. */
             pthread_mutex_unlock(&q->mtx);
             blk_notify_guest(q);
@@ -567,7 +563,7 @@ static void virtio_blk_reset(VirtIODevice *vdev) {
 static void blk_queue_stop(BlkQueue *q) {
     if (q->thread_started) {
         pthread_mutex_lock(&q->mtx);
-        q->stop = true;
+        __atomic_store_n(&q->stop, true, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&q->cond);
         pthread_mutex_unlock(&q->mtx);
         pthread_join(q->tid, NULL);
@@ -629,10 +625,11 @@ static int virtio_blk_init(VirtIODevice *vdev, const void *params) {
     BlkDev *dev = calloc(1, sizeof(*dev));
     if (dev == NULL)
         return -1;
+    dev->vdev = vdev;
     dev->zone_id = (int)vdev->zone_id;
     dev->read_only = p->read_only;
-    dev->img_fd =
-        open(p->img_path, (p->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    int flags = (dev->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    dev->img_fd = open(p->img_path, flags);
     if (dev->img_fd < 0) {
         log_error("virtio-blk: cannot open %s: %s", p->img_path,
                   strerror(errno));
@@ -646,7 +643,7 @@ static int virtio_blk_init(VirtIODevice *vdev, const void *params) {
     }
     dev->capacity = bytes >> BLK_SECTOR_SHIFT;
     blk_fill_config(dev);
-    if (p->read_only)
+    if (dev->read_only)
         vdev->regs.dev_feature |= 1ULL << VIRTIO_BLK_F_RO;
 
     for (; dev->nqueues < BLK_NUM_QUEUES; dev->nqueues++) {
@@ -658,7 +655,7 @@ static int virtio_blk_init(VirtIODevice *vdev, const void *params) {
     }
     vdev->dev = dev;
     log_info("virtio-blk: %s, %" PRIu64 " sectors%s, procq", p->img_path,
-             dev->capacity, p->read_only ? ", read-only" : "");
+             dev->capacity, dev->read_only ? ", read-only" : "");
     return 0;
 
 err_stop_queues:

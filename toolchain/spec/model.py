@@ -19,23 +19,34 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 VIRTIO_BLK_ID_BYTES = 20
 # preadv/pwritev take at most IOV_MAX (1024) segments.
 IOV_MAX = 1024
+# hvisor-tool's struct virtio_device_ops has VIRTIO_MAX_VQUEUES (4) handlers.
+VIRTIO_MAX_VQUEUES = 4
+# DISCARD / WRITE_ZEROES segments are copied onto the worker's stack.
+MAX_RANGE_SEGMENTS = 256
 
 
 class ThreadingModel(StrEnum):
     """Who parses descriptor chains, who does the I/O, who completes."""
 
+    INLINE = "inline"
     PROCQ = "procq"
     WORKER_DRAIN = "worker-drain"
+    PER_QUEUE = "per-queue"
+
+    @property
+    def has_worker(self) -> bool:
+        """I/O runs on worker threads, not in the notify handler."""
+        return self is not ThreadingModel.INLINE
 
     @property
     def main_thread_parses(self) -> bool:
-        """The notify handler walks chains on the main thread (procq)."""
-        return self is ThreadingModel.PROCQ
+        """The notify handler walks chains on the main thread (inline, procq)."""
+        return self in (ThreadingModel.INLINE, ThreadingModel.PROCQ)
 
     @property
     def worker_drains(self) -> bool:
-        """The worker owns the avail ring and drains it itself (worker-drain)."""
-        return self is ThreadingModel.WORKER_DRAIN
+        """A worker owns its virtqueue and drains it (worker-drain, per-queue)."""
+        return self in (ThreadingModel.WORKER_DRAIN, ThreadingModel.PER_QUEUE)
 
     @property
     def has_request_queue(self) -> bool:
@@ -43,16 +54,37 @@ class ThreadingModel(StrEnum):
         return self is ThreadingModel.PROCQ
 
     @property
+    def multiqueue(self) -> bool:
+        """The model serves more than one virtqueue."""
+        return self in (ThreadingModel.INLINE, ThreadingModel.PER_QUEUE)
+
+    @property
     def summary(self) -> str:
         """One line for banners and docs."""
         return {
+            ThreadingModel.INLINE: "no worker: the notify handler drains the queue, "
+            "does the I/O and completes on the main thread (the baseline)",
             ThreadingModel.PROCQ: "main thread parses chains into a mutex-protected "
             "request queue; one worker does the I/O, completes, and injects an IRQ "
             "when the queue is empty (hvisor-tool before PR #95)",
             ThreadingModel.WORKER_DRAIN: "main thread only signals; one worker owns "
             "the virtqueue, drains it with notifications off, completes, and injects "
             "one IRQ per batch (hvisor-tool HEAD)",
+            ThreadingModel.PER_QUEUE: "multiqueue: one worker per virtqueue, each "
+            "owning and draining its queue as in worker-drain",
         }[self]
+
+
+class IrqPolicy(StrEnum):
+    """When the device interrupts the driver."""
+
+    PER_BATCH = "per-batch"
+    PER_REQUEST = "per-request"
+
+    @property
+    def per_request(self) -> bool:
+        """Interrupt after every completed request."""
+        return self is IrqPolicy.PER_REQUEST
 
 
 class IoBackend(StrEnum):
@@ -84,9 +116,9 @@ class Device(_Section):
         StrictInt,
         Field(
             ge=1,
-            le=1,
-            description="Number of virtqueues. One until multiqueue (VIRTIO_BLK_F_MQ) "
-            "is supported.",
+            le=VIRTIO_MAX_VQUEUES,
+            description="Number of virtqueues (hvisor-tool registers at most 4); more "
+            "than one needs features.mq and a multiqueue threading model.",
         ),
     ] = 1
     queue_size: Annotated[
@@ -94,16 +126,13 @@ class Device(_Section):
         Field(
             ge=2,
             le=IOV_MAX,
-            description="QueueNumMax: the largest ring the driver may choose; a power of two.",
+            description="QueueNumMax: the largest ring the driver may choose; a "
+            "power of two.",
         ),
     ] = 512
     seg_max: Annotated[
         StrictInt,
-        Field(
-            ge=1,
-            le=IOV_MAX,
-            description="Most data segments in one request (config seg_max).",
-        ),
+        Field(ge=1, le=IOV_MAX, description="Most data segments in one request (config seg_max)."),
     ] = 512
     size_max: Annotated[
         StrictInt,
@@ -113,21 +142,119 @@ class Device(_Section):
             description="Largest single data segment in bytes (config size_max).",
         ),
     ] = 1 << 20
+    block_size: Annotated[
+        StrictInt,
+        Field(
+            ge=512,
+            le=65536,
+            description="Logical block size in bytes (config blk_size); a power of two. "
+            "Offered to the driver with features.blk_size.",
+        ),
+    ] = 512
+    physical_block_exp: Annotated[
+        StrictInt,
+        Field(ge=0, le=15, description="Topology: log2(physical block / logical block)."),
+    ] = 0
+    alignment_offset: Annotated[
+        StrictInt, Field(ge=0, le=255, description="Topology: offset of the first aligned block.")
+    ] = 0
+    min_io_size: Annotated[
+        StrictInt, Field(ge=1, le=65535, description="Topology: suggested minimum I/O, in blocks.")
+    ] = 1
+    opt_io_size: Annotated[
+        StrictInt,
+        Field(ge=0, le=(1 << 32) - 1, description="Topology: optimal I/O size, in blocks."),
+    ] = 0
+    max_discard_sectors: Annotated[
+        StrictInt,
+        Field(ge=0, le=(1 << 32) - 1, description="DISCARD: most sectors in one segment."),
+    ] = 1 << 22
+    max_discard_seg: Annotated[
+        StrictInt,
+        Field(ge=0, le=MAX_RANGE_SEGMENTS, description="DISCARD: most segments in one request."),
+    ] = 1
+    discard_sector_alignment: Annotated[
+        StrictInt,
+        Field(ge=1, le=(1 << 32) - 1, description="DISCARD: preferred alignment, in sectors."),
+    ] = 8
+    max_write_zeroes_sectors: Annotated[
+        StrictInt,
+        Field(ge=0, le=(1 << 32) - 1, description="WRITE_ZEROES: most sectors in one segment."),
+    ] = 1 << 22
+    max_write_zeroes_seg: Annotated[
+        StrictInt,
+        Field(
+            ge=0,
+            le=MAX_RANGE_SEGMENTS,
+            description="WRITE_ZEROES: most segments in one request.",
+        ),
+    ] = 1
+    write_zeroes_may_unmap: Annotated[
+        StrictBool,
+        Field(
+            description="WRITE_ZEROES with the UNMAP flag may punch holes (the image "
+            "becomes sparse there) instead of writing zeroes.",
+        ),
+    ] = True
 
 
 class Features(_Section):
-    """virtio-blk feature bits offered to the driver (VERSION_1 always is)."""
+    """Feature bits offered to the driver (VIRTIO_F_VERSION_1 always is)."""
 
     seg_max: Annotated[
-        StrictBool, Field(description="Offer VIRTIO_BLK_F_SEG_MAX (device.seg_max).")
+        StrictBool, Field(description="VIRTIO_BLK_F_SEG_MAX: advertise device.seg_max.")
     ] = True
     size_max: Annotated[
-        StrictBool, Field(description="Offer VIRTIO_BLK_F_SIZE_MAX (device.size_max).")
+        StrictBool, Field(description="VIRTIO_BLK_F_SIZE_MAX: advertise device.size_max.")
     ] = True
     flush: Annotated[
         StrictBool,
-        Field(description="Offer VIRTIO_BLK_F_FLUSH; FLUSH runs fdatasync on the image."),
+        Field(description="VIRTIO_BLK_F_FLUSH: FLUSH runs fdatasync on the image."),
     ] = True
+    blk_size: Annotated[
+        StrictBool, Field(description="VIRTIO_BLK_F_BLK_SIZE: advertise device.block_size.")
+    ] = False
+    ro: Annotated[
+        StrictBool,
+        Field(description="VIRTIO_BLK_F_RO: the image is opened read-only; writes fail."),
+    ] = False
+    topology: Annotated[
+        StrictBool,
+        Field(description="VIRTIO_BLK_F_TOPOLOGY: advertise the device.* topology keys."),
+    ] = False
+    mq: Annotated[
+        StrictBool,
+        Field(description="VIRTIO_BLK_F_MQ: advertise device.num_queues."),
+    ] = False
+    discard: Annotated[
+        StrictBool,
+        Field(
+            description="VIRTIO_BLK_F_DISCARD: DISCARD punches holes in the image "
+            "(device.max_discard_*)."
+        ),
+    ] = False
+    write_zeroes: Annotated[
+        StrictBool,
+        Field(
+            description="VIRTIO_BLK_F_WRITE_ZEROES: zero ranges of the image "
+            "(device.max_write_zeroes_*)."
+        ),
+    ] = False
+    config_wce: Annotated[
+        StrictBool,
+        Field(
+            description="VIRTIO_BLK_F_CONFIG_WCE: driver-writable cache mode. Refused: "
+            "hvisor-tool's framework rejects config-space writes."
+        ),
+    ] = False
+    event_idx: Annotated[
+        StrictBool,
+        Field(description="VIRTIO_RING_F_EVENT_IDX: used_event / avail_event suppression."),
+    ] = False
+    indirect_desc: Annotated[
+        StrictBool,
+        Field(description="VIRTIO_RING_F_INDIRECT_DESC: chains through indirect tables."),
+    ] = False
 
 
 class Threading(_Section):
@@ -137,6 +264,27 @@ class Threading(_Section):
         ThreadingModel,
         Field(description="Who parses chains and who does the I/O; see docs/spec.md."),
     ] = ThreadingModel.WORKER_DRAIN
+    irq: Annotated[
+        IrqPolicy,
+        Field(description="Interrupt once per drained batch, or after every request."),
+    ] = IrqPolicy.PER_BATCH
+    poll_us: Annotated[
+        StrictInt,
+        Field(
+            ge=0,
+            le=1_000_000,
+            description="Worker polling budget in microseconds: after a drain the worker "
+            "keeps checking the avail ring this long (notifications off) before it "
+            "sleeps; adaptive, it shrinks when polls find nothing. 0 = off.",
+        ),
+    ] = 0
+    affinity: Annotated[
+        list[Annotated[StrictInt, Field(ge=0, le=1023)]],
+        Field(
+            description="CPUs for the workers, assigned round-robin by queue; empty = "
+            "no pinning.",
+        ),
+    ] = []
 
 
 class Backend(_Section):
@@ -145,6 +293,13 @@ class Backend(_Section):
     io: Annotated[
         IoBackend, Field(description="How the worker reads and writes the image; see docs/spec.md.")
     ] = IoBackend.SYNC
+    direct: Annotated[
+        StrictBool,
+        Field(
+            description="Open the image with O_DIRECT (bypass the page cache); requests "
+            "must then be aligned to device.block_size in memory, length and offset.",
+        ),
+    ] = False
 
 
 class SpecBody(_Section):
@@ -159,11 +314,20 @@ class SpecBody(_Section):
     backend: Backend = Backend()
 
 
-# (C macro name, bit) for every feature bit a spec can offer.
+# spec key under features -> (C macro, bit)
 _FEATURE_BITS: dict[str, tuple[str, int]] = {
     "size_max": ("VIRTIO_BLK_F_SIZE_MAX", 1),
     "seg_max": ("VIRTIO_BLK_F_SEG_MAX", 2),
+    "ro": ("VIRTIO_BLK_F_RO", 5),
+    "blk_size": ("VIRTIO_BLK_F_BLK_SIZE", 6),
     "flush": ("VIRTIO_BLK_F_FLUSH", 9),
+    "topology": ("VIRTIO_BLK_F_TOPOLOGY", 10),
+    "config_wce": ("VIRTIO_BLK_F_CONFIG_WCE", 11),
+    "mq": ("VIRTIO_BLK_F_MQ", 12),
+    "discard": ("VIRTIO_BLK_F_DISCARD", 13),
+    "write_zeroes": ("VIRTIO_BLK_F_WRITE_ZEROES", 14),
+    "indirect_desc": ("VIRTIO_RING_F_INDIRECT_DESC", 28),
+    "event_idx": ("VIRTIO_RING_F_EVENT_IDX", 29),
 }
 
 
@@ -184,7 +348,7 @@ class Spec(BaseModel):
             name=path.stem, source=source, sha256=hashlib.sha256(text).hexdigest(), body=body
         )
 
-    # Convenience accessors: templates say spec.features.flush, not spec.body....
+    # Templates say spec.features.flush, not spec.body.features.flush.
     @property
     def device(self) -> Device:
         """The device section."""
@@ -205,23 +369,24 @@ class Spec(BaseModel):
         """The backend section."""
         return self.body.backend
 
-    @property
-    def feature_macros(self) -> list[str]:
-        """C macros of the offered feature bits, by bit number, VERSION_1 last."""
-        on = sorted(
+    def _offered(self) -> list[tuple[int, str]]:
+        return sorted(
             (bit, macro)
             for key, (macro, bit) in _FEATURE_BITS.items()
             if getattr(self.features, key)
         )
-        return [macro for _, macro in on] + ["VIRTIO_F_VERSION_1"]
+
+    @property
+    def feature_macros(self) -> list[str]:
+        """C macros of the offered feature bits, by bit number, VERSION_1 last."""
+        return [macro for _, macro in self._offered()] + ["VIRTIO_F_VERSION_1"]
 
     @property
     def feature_mask(self) -> int:
         """The offered feature bits as a number (VERSION_1 is bit 32)."""
         mask = 1 << 32
-        for key, (_, bit) in _FEATURE_BITS.items():
-            if getattr(self.features, key):
-                mask |= 1 << bit
+        for bit, _ in self._offered():
+            mask |= 1 << bit
         return mask
 
     @property
@@ -229,13 +394,36 @@ class Spec(BaseModel):
         """Most data segments the device accepts in one request.
 
         With SEG_MAX offered that is device.seg_max; without it the driver may
-        use every descriptor but the header and the status.
+        use every descriptor of the largest chain but the header and status.
         """
         if self.features.seg_max:
             return self.device.seg_max
         return self.device.queue_size - 2
 
     @property
+    def range_segments_max(self) -> int:
+        """Most DISCARD / WRITE_ZEROES segments accepted in one request."""
+        return max(
+            self.device.max_discard_seg if self.features.discard else 1,
+            self.device.max_write_zeroes_seg if self.features.write_zeroes else 1,
+        )
+
+    @property
+    def needs_gnu_source(self) -> bool:
+        """The device uses GNU extensions (fallocate, O_DIRECT, CPU affinity)."""
+        return (
+            self.features.discard
+            or self.features.write_zeroes
+            or self.backend.direct
+            or bool(self.threading.affinity)
+        )
+
+    @property
     def serial_c(self) -> str:
         """The serial as a C string literal body (printable ASCII, escaped)."""
         return self.device.serial.replace("\\", "\\\\").replace('"', '\\"')
+
+    @property
+    def affinity_c(self) -> str:
+        """The worker CPU list as a C initializer body."""
+        return ", ".join(str(cpu) for cpu in self.threading.affinity)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .model import VIRTIO_BLK_ID_BYTES, SpecBody
+from .model import VIRTIO_BLK_ID_BYTES, SpecBody, ThreadingModel
 
 Finding = tuple[tuple[str, ...], str]
 Rule = Callable[[SpecBody], Iterator[Finding]]
@@ -44,10 +44,112 @@ def _size_max_sector_multiple(spec: SpecBody) -> Iterator[Finding]:
         )
 
 
+def _block_size_power_of_two(spec: SpecBody) -> Iterator[Finding]:
+    size = spec.device.block_size
+    if size & (size - 1):
+        yield (("device", "block_size"), f"{size} is not a power of two")
+
+
+def _multiqueue_needs_mq_and_a_multiqueue_model(spec: SpecBody) -> Iterator[Finding]:
+    n = spec.device.num_queues
+    model = spec.threading.model
+    if n > 1 and not spec.features.mq:
+        yield (
+            ("device", "num_queues"),
+            f"{n} queues need features.mq (a driver without it uses queue 0 only)",
+        )
+    if n > 1 and not model.multiqueue:
+        yield (
+            ("threading", "model"),
+            f"'{model.value}' serves one queue, but device.num_queues is {n}; "
+            "use 'per-queue' or 'inline'",
+        )
+    if model is ThreadingModel.PER_QUEUE and n < 2:
+        yield (
+            ("threading", "model"),
+            "'per-queue' needs device.num_queues of at least 2 (with one queue it is "
+            "'worker-drain')",
+        )
+
+
+def _range_limits_nonzero(spec: SpecBody) -> Iterator[Finding]:
+    d = spec.device
+    for feature, keys in (
+        ("discard", ("max_discard_sectors", "max_discard_seg")),
+        ("write_zeroes", ("max_write_zeroes_sectors", "max_write_zeroes_seg")),
+    ):
+        if not getattr(spec.features, feature):
+            continue
+        for key in keys:
+            if getattr(d, key) == 0:
+                yield (
+                    ("device", key),
+                    f"0 makes {feature.upper()} unusable while features.{feature} is on; "
+                    "give at least 1",
+                )
+
+
+def _read_only_cannot_modify(spec: SpecBody) -> Iterator[Finding]:
+    if spec.features.ro:
+        for feature in ("discard", "write_zeroes"):
+            if getattr(spec.features, feature):
+                yield (
+                    ("features", feature),
+                    "a read-only device (features.ro) cannot offer "
+                    f"{feature.upper()}",
+                )
+
+
+def _config_wce_cannot_work_on_hvisor(spec: SpecBody) -> Iterator[Finding]:
+    if spec.features.config_wce:
+        yield (
+            ("features", "config_wce"),
+            "cannot work: the driver toggles the cache mode by writing config space, "
+            "and hvisor-tool's framework rejects every config-space write",
+        )
+
+
+def _polling_needs_a_draining_worker(spec: SpecBody) -> Iterator[Finding]:
+    t = spec.threading
+    if t.poll_us and not t.model.worker_drains:
+        yield (
+            ("threading", "poll_us"),
+            f"polling needs a worker that owns its queue ('worker-drain' or 'per-queue'), "
+            f"not '{t.model.value}'",
+        )
+
+
+def _affinity_needs_workers(spec: SpecBody) -> Iterator[Finding]:
+    t = spec.threading
+    if t.affinity and not t.model.has_worker:
+        yield (
+            ("threading", "affinity"),
+            f"'{t.model.value}' has no worker threads to pin",
+        )
+
+
+def _direct_io_needs_announced_block_size(spec: SpecBody) -> Iterator[Finding]:
+    b = spec.backend
+    if b.direct and not spec.features.blk_size:
+        yield (
+            ("backend", "direct"),
+            "O_DIRECT needs every request aligned to the block size, so the driver must "
+            "be told it: enable features.blk_size",
+        )
+
+
 RULES: tuple[Rule, ...] = (
     _queue_size_power_of_two,
     _serial_fits_get_id,
     _size_max_sector_multiple,
+    _block_size_power_of_two,
+    _multiqueue_needs_mq_and_a_multiqueue_model,
+    _range_limits_nonzero,
+    _read_only_cannot_modify,
+    _config_wce_cannot_work_on_hvisor,
+    _polling_needs_a_draining_worker,
+    _affinity_needs_workers,
+    _direct_io_needs_announced_block_size,
 )
 
 
