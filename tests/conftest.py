@@ -83,6 +83,13 @@ class DeviceUnderTest:
         """Per-request completion timeout."""
         return TIMEOUT[self.target.emulated]
 
+    def driver(self, **kwargs: Any) -> BlkDevice:
+        """A guest driver suited to this device (timeouts, I/O alignment)."""
+        d = BlkDevice(timeout=self.timeout, **kwargs)
+        if self.spec.backend.direct:  # O_DIRECT: block-aligned buffers and lengths
+            d.memory.io_align = self.spec.device.block_size
+        return d
+
 
 def configurations() -> list[tuple[str, str]]:
     """(spec, target) for every spec in spec/ and every target."""
@@ -166,7 +173,7 @@ def backend(start_backend: Callable[..., Backend]) -> Backend:
 @pytest.fixture
 def dev(dut: DeviceUnderTest, backend: Backend) -> Iterator[BlkDevice]:
     """A guest driver connected to the backend; queues as large as the spec allows."""
-    d = BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size)
+    d = dut.driver(queue_size=dut.spec.device.queue_size)
     d.connect(backend.socket_path)
     yield d
     d.close()

@@ -197,12 +197,11 @@ def test_64_requests_in_flight_all_complete_and_match_a_shadow_disk(
         for slot in rng.sample(range(slots), 64):
             sector = slot * 64 + rng.randrange(0, 32)
             nbytes = 512 * rng.randint(1, 32)
+            segs = min(rng.randint(1, max_segs), nbytes // 512)
             if rng.random() < 0.5:
-                req = BlkRequest.write(
-                    dev.memory, sector, rng.randbytes(nbytes), rng.randint(1, max_segs)
-                )
+                req = BlkRequest.write(dev.memory, sector, rng.randbytes(nbytes), segs)
             else:
-                req = BlkRequest.read(dev.memory, sector, nbytes, rng.randint(1, max_segs))
+                req = BlkRequest.read(dev.memory, sector, nbytes, segs)
             dev.submit(req, kick=False)
         dev.queues[0].kick()
         done = dev.complete()
@@ -275,7 +274,7 @@ def test_read_only_backend_offers_ro_and_refuses_writes(
     dut: DeviceUnderTest, start_backend: Callable[..., Backend], shadow: ShadowDisk
 ) -> None:
     be = start_backend(read_only=True)
-    with BlkDevice(timeout=dut.timeout) as d:
+    with dut.driver() as d:
         d.connect(be.socket_path)
         assert d.offered_features >> VIRTIO_BLK_F_RO & 1
         c = d.run(BlkRequest.write(d.memory, 0, os.urandom(512)))

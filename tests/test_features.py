@@ -99,7 +99,7 @@ def test_all_queues_serve_requests_at_once_without_mixing_completions(
 ) -> None:
     _needs(dut, "mq")
     n = dut.spec.device.num_queues
-    with BlkDevice(timeout=dut.timeout, num_queues=n, queue_size=64) as d:
+    with dut.driver(num_queues=n, queue_size=64) as d:
         d.connect(backend.socket_path)
         assert d.max_queues == n
         region = SECTORS // n
@@ -128,7 +128,7 @@ def test_event_idx_interrupts_exactly_when_used_event_is_crossed(
     dut: DeviceUnderTest, backend: Backend
 ) -> None:
     _needs(dut, "event_idx")
-    with BlkDevice(timeout=dut.timeout, queue_size=64) as d:
+    with dut.driver(queue_size=64) as d:
         d.connect(backend.socket_path)
         q = d.queues[0]
         assert q.event_idx
@@ -211,7 +211,7 @@ def test_indirect_tables_carry_requests_larger_than_the_ring(
     dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk
 ) -> None:
     _needs(dut, "indirect_desc")
-    with BlkDevice(timeout=dut.timeout, queue_size=8, indirect=True) as d:
+    with dut.driver(queue_size=8, indirect=True) as d:
         d.connect(backend.socket_path)
         segments = min(64, dut.spec.data_segments_max)  # far more than 8 entries
         data = os.urandom(segments * 512)
@@ -320,3 +320,46 @@ def test_a_type_whose_feature_is_off_completes_with_unsupp(
         c = dev.run(_ranges(dev, type_, [(0, 8, 0)]))
         assert (c.status, c.used_len) == (VIRTIO_BLK_S_UNSUPP, 1)
     assert dev.read(0, 4096) == shadow.expected(0, 4096)
+
+
+# ---- io_uring ------------------------------------------------------------------------
+
+
+def _io_uring_fds(pid: int) -> int:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == "anon_inode:[io_uring]")
+
+
+def test_io_uring_runs_natively_and_falls_back_to_sync_under_qemu_user(
+    dut: DeviceUnderTest, backend: Backend, dev: BlkDevice, shadow: ShadowDisk
+) -> None:
+    if not dut.spec.backend.io.asynchronous:
+        pytest.skip("spec uses synchronous I/O")
+    data = os.urandom(64 * 1024)
+    dev.write(256, data, 16)
+    dev.flush()
+    assert dev.read(256, len(data), 16) == data
+    warnings = [line for line in backend.log_text().splitlines() if "io_uring unavailable" in line]
+    if dut.target.emulated:  # qemu-user 7.2 has no io_uring: one warning, sync I/O
+        assert len(warnings) == 1
+        assert _io_uring_fds(backend.pid) == 0
+    else:  # one ring per queue, really in use
+        assert warnings == []
+        assert _io_uring_fds(backend.pid) == dut.spec.device.num_queues
+
+
+# ---- O_DIRECT -----------------------------------------------------------------------
+
+
+def test_direct_io_refuses_misaligned_requests_and_serves_aligned_ones(
+    dut: DeviceUnderTest, dev: BlkDevice, shadow: ShadowDisk
+) -> None:
+    if not dut.spec.backend.direct:
+        pytest.skip("spec uses the page cache")
+    block = dut.spec.device.block_size
+    misaligned = [block // 2, 2 * block - block // 2]  # segment lengths off the block grid
+    c = dev.run(BlkRequest.read(dev.memory, 0, 2 * block, misaligned))
+    assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_IOERR, 1, [])
+    c = dev.run(BlkRequest.write(dev.memory, 0, os.urandom(2 * block), misaligned))
+    assert (c.status, c.used_len) == (VIRTIO_BLK_S_IOERR, 1)
+    assert dev.read(0, 2 * block, 2) == shadow.expected(0, 2 * block)

@@ -291,19 +291,18 @@ static void blk_iov_advance(struct iovec **iov, unsigned int *cnt, size_t n) {
     }
 }
 
-/* Transfer all of req's data at byte offset off; retries short transfers. */
-static int blk_transfer(int fd, struct blk_req *req, bool write, off_t off) {
-    struct iovec *iov = req->iov;
-    unsigned int cnt = req->niov;
-    uint64_t left = req->data_len;
-    while (left > 0) {
+/* Transfer len bytes between iov and the image at byte offset off, retrying
+ * short transfers. Advances iov in place. */
+static int blk_transfer(int fd, struct iovec *iov, unsigned int cnt,
+                        uint64_t len, bool write, off_t off) {
+    while (len > 0) {
         ssize_t n = write ? pwritev(fd, iov, (int)cnt, off)
                           : preadv(fd, iov, (int)cnt, off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             return n < 0 ? -errno : -EIO; /* 0: the image shrank under us */
-        left -= (uint64_t)n;
+        len -= (uint64_t)n;
         off += n;
         blk_iov_advance(&iov, &cnt, (size_t)n);
     }
@@ -318,15 +317,23 @@ static bool blk_in_range(const BlkDev *dev, const struct blk_req *req) {
 }
 
 /* IN and OUT share their checks; only the direction differs. */
-static uint8_t blk_do_rw(BlkDev *dev, struct blk_req *req, bool write,
-                         uint32_t *written) {
+static uint8_t blk_rw_check(const BlkDev *dev, const struct blk_req *req,
+                            bool write) {
     if (req->data_writable == write && req->niov != 0)
         return VIRTIO_BLK_S_IOERR; /* data on the wrong side */
     if (write && dev->read_only)
         return VIRTIO_BLK_S_IOERR;
     if (!blk_in_range(dev, req))
         return VIRTIO_BLK_S_IOERR;
-    if (blk_transfer(dev->img_fd, req, write,
+    return VIRTIO_BLK_S_OK;
+}
+
+static uint8_t blk_do_rw(BlkDev *dev, struct blk_req *req, bool write,
+                         uint32_t *written) {
+    const uint8_t status = blk_rw_check(dev, req, write);
+    if (status != VIRTIO_BLK_S_OK)
+        return status;
+    if (blk_transfer(dev->img_fd, req->iov, req->niov, req->data_len, write,
                      (off_t)(req->sector << BLK_SECTOR_SHIFT)) < 0)
         return VIRTIO_BLK_S_IOERR;
     if (!write)
@@ -360,6 +367,19 @@ static uint8_t blk_do_get_id(struct blk_req *req, uint32_t *written) {
     return VIRTIO_BLK_S_OK;
 }
 
+/* Put a finished request on the used ring. Used length = bytes written into
+ * the guest's writable buffers; with no valid status buffer nothing at all
+ * is written. Runs on the thread that owns the used ring. */
+static void blk_complete(BlkQueue *q, const struct blk_req *req, uint8_t status,
+                         uint32_t written) {
+    uint32_t used_len = 0;
+    if (req->status != NULL) {
+        *req->status = status;
+        used_len = written + 1;
+    }
+    update_used_ring(q->vq, req->head, used_len);
+}
+
 /* Perform one request and put it on the used ring. Runs on the thread that
  * owns the used ring; does not inject the interrupt. */
 static void blk_handle(BlkQueue *q, struct blk_req *req) {
@@ -388,14 +408,7 @@ static void blk_handle(BlkQueue *q, struct blk_req *req) {
         break;
     }
 
-    /* Used length = bytes written into the guest's writable buffers. With no
-     * valid status buffer nothing at all is written. */
-    uint32_t used_len = 0;
-    if (req->status != NULL) {
-        *req->status = status;
-        used_len = written + 1;
-    }
-    update_used_ring(q->vq, req->head, used_len);
+    blk_complete(q, req, status, written);
 }
 
 /* Signal the driver after publishing used entries. */
@@ -421,30 +434,38 @@ static bool blk_recheck_empty(BlkQueue *q) {
 
 /* ---- inline: the main thread owns the virtqueue and drains it ---- */
 
+/* inline: nothing else ever wants the queue while the handler runs. */
+static bool blk_leaving(BlkQueue *q) {
+    (void)q;
+    return false;
+}
+
 /* Drain the ring: handle everything with notifications off, re-enable, and
  * look once more; interrupt once for the whole batch
  * (threading.irq). Runs on the queue's owner. Returns whether any request
  * was completed. */
-static bool blk_drain(BlkQueue *q) {
+static bool blk_drain_sync(BlkQueue *q) {
     VirtQueue *vq = q->vq;
     bool completed = false;
     if (!blk_ring_usable(q))
         return false;
     do {
         virtqueue_disable_notify(vq);
-        int r;
-        while ((r = blk_pop(q, &q->req)) > 0) {
+        int r = 0;
+        while (!blk_leaving(q) && (r = blk_pop(q, &q->req)) > 0) {
             blk_handle(q, &q->req);
             completed = true;
         }
         virtqueue_enable_notify(vq);
         if (r < 0)
             break;
-    } while (!blk_recheck_empty(q));
+    } while (!blk_leaving(q) && !blk_recheck_empty(q));
     if (completed)
         blk_notify_guest(q);
     return completed;
 }
+
+static bool blk_drain(BlkQueue *q) { return blk_drain_sync(q); }
 
 /* QueueNotify, on hvisor's main thread: do all the work right here. Every
  * other MMIO access of every zone waits meanwhile: this is the baseline the

@@ -306,19 +306,18 @@ static void blk_iov_advance(struct iovec **iov, unsigned int *cnt, size_t n) {
     }
 }
 
-/* Transfer all of req's data at byte offset off; retries short transfers. */
-static int blk_transfer(int fd, struct blk_req *req, bool write, off_t off) {
-    struct iovec *iov = req->iov;
-    unsigned int cnt = req->niov;
-    uint64_t left = req->data_len;
-    while (left > 0) {
+/* Transfer len bytes between iov and the image at byte offset off, retrying
+ * short transfers. Advances iov in place. */
+static int blk_transfer(int fd, struct iovec *iov, unsigned int cnt,
+                        uint64_t len, bool write, off_t off) {
+    while (len > 0) {
         ssize_t n = write ? pwritev(fd, iov, (int)cnt, off)
                           : preadv(fd, iov, (int)cnt, off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             return n < 0 ? -errno : -EIO; /* 0: the image shrank under us */
-        left -= (uint64_t)n;
+        len -= (uint64_t)n;
         off += n;
         blk_iov_advance(&iov, &cnt, (size_t)n);
     }
@@ -333,15 +332,23 @@ static bool blk_in_range(const BlkDev *dev, const struct blk_req *req) {
 }
 
 /* IN and OUT share their checks; only the direction differs. */
-static uint8_t blk_do_rw(BlkDev *dev, struct blk_req *req, bool write,
-                         uint32_t *written) {
+static uint8_t blk_rw_check(const BlkDev *dev, const struct blk_req *req,
+                            bool write) {
     if (req->data_writable == write && req->niov != 0)
         return VIRTIO_BLK_S_IOERR; /* data on the wrong side */
     if (write && dev->read_only)
         return VIRTIO_BLK_S_IOERR;
     if (!blk_in_range(dev, req))
         return VIRTIO_BLK_S_IOERR;
-    if (blk_transfer(dev->img_fd, req, write,
+    return VIRTIO_BLK_S_OK;
+}
+
+static uint8_t blk_do_rw(BlkDev *dev, struct blk_req *req, bool write,
+                         uint32_t *written) {
+    const uint8_t status = blk_rw_check(dev, req, write);
+    if (status != VIRTIO_BLK_S_OK)
+        return status;
+    if (blk_transfer(dev->img_fd, req->iov, req->niov, req->data_len, write,
                      (off_t)(req->sector << BLK_SECTOR_SHIFT)) < 0)
         return VIRTIO_BLK_S_IOERR;
     if (!write)
@@ -375,6 +382,19 @@ static uint8_t blk_do_get_id(struct blk_req *req, uint32_t *written) {
     return VIRTIO_BLK_S_OK;
 }
 
+/* Put a finished request on the used ring. Used length = bytes written into
+ * the guest's writable buffers; with no valid status buffer nothing at all
+ * is written. Runs on the thread that owns the used ring. */
+static void blk_complete(BlkQueue *q, const struct blk_req *req, uint8_t status,
+                         uint32_t written) {
+    uint32_t used_len = 0;
+    if (req->status != NULL) {
+        *req->status = status;
+        used_len = written + 1;
+    }
+    update_used_ring(q->vq, req->head, used_len);
+}
+
 /* Perform one request and put it on the used ring. Runs on the thread that
  * owns the used ring; does not inject the interrupt. */
 static void blk_handle(BlkQueue *q, struct blk_req *req) {
@@ -403,14 +423,7 @@ static void blk_handle(BlkQueue *q, struct blk_req *req) {
         break;
     }
 
-    /* Used length = bytes written into the guest's writable buffers. With no
-     * valid status buffer nothing at all is written. */
-    uint32_t used_len = 0;
-    if (req->status != NULL) {
-        *req->status = status;
-        used_len = written + 1;
-    }
-    update_used_ring(q->vq, req->head, used_len);
+    blk_complete(q, req, status, written);
 }
 
 /* Signal the driver after publishing used entries. */
@@ -530,22 +543,24 @@ static void blk_queue_quiesce(BlkQueue *q) {
     pthread_mutex_unlock(&q->mtx);
 }
 
-static int blk_queue_alloc(BlkQueue *q) {
-    q->pool = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->pool));
-    q->free_slots = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->free_slots));
-    q->fifo = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->fifo));
-    if (q->pool == NULL || q->free_slots == NULL || q->fifo == NULL)
-        return -1;
-    for (unsigned int i = 0; i < VIRTQUEUE_BLK_MAX_SIZE; i++)
-        q->free_slots[i] = &q->pool[i];
-    q->nfree = VIRTQUEUE_BLK_MAX_SIZE;
-    return 0;
-}
-
 static void blk_queue_free(BlkQueue *q) {
     free(q->pool);
     free(q->free_slots);
     free(q->fifo);
+}
+
+static int blk_queue_alloc(BlkQueue *q) {
+    q->pool = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->pool));
+    q->free_slots = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->free_slots));
+    q->fifo = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->fifo));
+    if (q->pool == NULL || q->free_slots == NULL || q->fifo == NULL) {
+        blk_queue_free(q);
+        return -1;
+    }
+    for (unsigned int i = 0; i < VIRTQUEUE_BLK_MAX_SIZE; i++)
+        q->free_slots[i] = &q->pool[i];
+    q->nfree = VIRTQUEUE_BLK_MAX_SIZE;
+    return 0;
 }
 
 /* ---- Life cycle -----------------------------------------------------------
@@ -582,7 +597,7 @@ static int blk_queue_start(BlkDev *dev, BlkQueue *q, VirtQueue *vq) {
     if (pthread_cond_init(&q->cond, NULL) != 0)
         goto err_destroy_mutex;
     if (blk_queue_alloc(q) != 0)
-        goto err_free_queue;
+        goto err_destroy_cond;
     if (pthread_create(&q->tid, NULL, blk_worker, q) != 0)
         goto err_free_queue;
     q->thread_started = true;
@@ -590,6 +605,7 @@ static int blk_queue_start(BlkDev *dev, BlkQueue *q, VirtQueue *vq) {
 
 err_free_queue:
     blk_queue_free(q);
+err_destroy_cond:
     pthread_cond_destroy(&q->cond);
 err_destroy_mutex:
     pthread_mutex_destroy(&q->mtx);

@@ -136,16 +136,17 @@ class BlkConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def split_sizes(total: int, segments: int | Sequence[int]) -> list[int]:
-    """Split ``total`` bytes into ``segments`` non-empty pieces (or check an explicit list)."""
+def split_sizes(total: int, segments: int | Sequence[int], unit: int = 1) -> list[int]:
+    """Split ``total`` bytes into ``segments`` non-empty pieces, each a multiple
+    of ``unit`` but the last (or check an explicit list)."""
     if not isinstance(segments, int):
         sizes = list(segments)
         if sum(sizes) != total:
             raise BlkError(f"segment sizes {sizes} do not add up to {total}")
         return sizes
-    if segments <= 0 or segments > max(total, 1):
-        raise BlkError(f"cannot split {total} bytes into {segments} segments")
-    base = total // segments
+    base = total // segments // unit * unit if segments > 0 else 0
+    if segments <= 0 or base == 0 and segments > 1:
+        raise BlkError(f"cannot split {total} bytes into {segments} segments of {unit}")
     return [base] * (segments - 1) + [total - base * (segments - 1)]
 
 
@@ -183,11 +184,13 @@ class BlkRequest:
         self.sector = sector
         self.payload = payload  # OUT data, or discard/write-zeroes segments
         self.segments: list[Segment] = []
+        align = max(16, memory.io_align)
+        lead = -(-GUARD_LEN // align) * align  # the guard just before aligned data
         for content, writable in parts:
             data = bytes([POISON]) * content if isinstance(content, int) else bytes(content)
-            base = memory.alloc(len(data) + 2 * GUARD_LEN, 16, region)
-            memory.write(base, GUARD + data + GUARD)
-            self.segments.append(Segment(base + GUARD_LEN, len(data), writable, base, data))
+            base = memory.alloc(lead + len(data) + GUARD_LEN, align, region)
+            memory.write(base + lead - GUARD_LEN, GUARD + data + GUARD)
+            self.segments.append(Segment(base + lead, len(data), writable, base, data))
 
     # -- builders ---------------------------------------------------------------
 
@@ -207,7 +210,7 @@ class BlkRequest:
     ) -> BlkRequest:
         """VIRTIO_BLK_T_IN of ``nbytes`` split over ``segments`` buffers."""
         parts: list[tuple[bytes | int, bool]] = [(cls.header(VIRTIO_BLK_T_IN, sector), False)]
-        parts += [(n, True) for n in split_sizes(nbytes, segments)]
+        parts += [(n, True) for n in split_sizes(nbytes, segments, memory.io_align)]
         parts.append((1, True))
         return cls(memory, parts, type_=VIRTIO_BLK_T_IN, sector=sector, region=region)
 
@@ -223,7 +226,7 @@ class BlkRequest:
         """VIRTIO_BLK_T_OUT of ``data`` split over ``segments`` buffers."""
         parts: list[tuple[bytes | int, bool]] = [(cls.header(VIRTIO_BLK_T_OUT, sector), False)]
         pos = 0
-        for n in split_sizes(len(data), segments):
+        for n in split_sizes(len(data), segments, memory.io_align):
             parts.append((data[pos : pos + n], False))
             pos += n
         parts.append((1, True))
@@ -284,7 +287,7 @@ class BlkRequest:
         """Describe every byte changed outside the writable buffers (empty if none)."""
         problems = []
         for k, s in enumerate(self.segments):
-            before = self.memory.read(s.alloc_gpa, GUARD_LEN)
+            before = self.memory.read(s.gpa - GUARD_LEN, GUARD_LEN)
             after = self.memory.read(s.gpa + s.length, GUARD_LEN)
             if before != GUARD:
                 problems.append(f"segment {k}: guard before {s.gpa:#x} overwritten")

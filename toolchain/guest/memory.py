@@ -94,6 +94,9 @@ class GuestMemory:
             if a + sa > b:
                 raise GuestMemoryError(f"regions overlap at {b:#x}")
         self.regions: list[MemoryRegion] = []
+        # Alignment the device requires of data buffers and their lengths
+        # (an O_DIRECT backend needs its block size); 1 = none.
+        self.io_align = 1
         self._free: list[_FreeList] = []
         self._allocs: dict[int, tuple[int, int, int]] = {}  # gpa -> (region, start, end)
         for n, (gpa, size) in enumerate(layout):

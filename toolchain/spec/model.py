@@ -91,11 +91,21 @@ class IoBackend(StrEnum):
     """How the worker talks to the image file."""
 
     SYNC = "sync"
+    IO_URING = "io_uring"
+
+    @property
+    def asynchronous(self) -> bool:
+        """Many requests in flight per queue, completions reaped in batches."""
+        return self is IoBackend.IO_URING
 
     @property
     def summary(self) -> str:
         """One line for banners and docs."""
-        return "blocking preadv/pwritev/fdatasync on the worker thread"
+        return {
+            IoBackend.SYNC: "blocking preadv/pwritev/fdatasync on the queue's owner",
+            IoBackend.IO_URING: "io_uring: many requests in flight per queue, completions "
+            "reaped in batches; falls back to sync where io_uring is unavailable",
+        }[self]
 
 
 class _Section(BaseModel):
@@ -126,8 +136,7 @@ class Device(_Section):
         Field(
             ge=2,
             le=IOV_MAX,
-            description="QueueNumMax: the largest ring the driver may choose; a "
-            "power of two.",
+            description="QueueNumMax: the largest ring the driver may choose; a power of two.",
         ),
     ] = 512
     seg_max: Annotated[
@@ -281,8 +290,7 @@ class Threading(_Section):
     affinity: Annotated[
         list[Annotated[StrictInt, Field(ge=0, le=1023)]],
         Field(
-            description="CPUs for the workers, assigned round-robin by queue; empty = "
-            "no pinning.",
+            description="CPUs for the workers, assigned round-robin by queue; empty = no pinning.",
         ),
     ] = []
 
@@ -291,7 +299,8 @@ class Backend(_Section):
     """The I/O backend."""
 
     io: Annotated[
-        IoBackend, Field(description="How the worker reads and writes the image; see docs/spec.md.")
+        IoBackend,
+        Field(description="sync (preadv/pwritev) or io_uring (asynchronous); see docs/spec.md."),
     ] = IoBackend.SYNC
     direct: Annotated[
         StrictBool,

@@ -95,8 +95,7 @@ def _read_only_cannot_modify(spec: SpecBody) -> Iterator[Finding]:
             if getattr(spec.features, feature):
                 yield (
                     ("features", feature),
-                    "a read-only device (features.ro) cannot offer "
-                    f"{feature.upper()}",
+                    f"a read-only device (features.ro) cannot offer {feature.upper()}",
                 )
 
 
@@ -128,6 +127,16 @@ def _affinity_needs_workers(spec: SpecBody) -> Iterator[Finding]:
         )
 
 
+def _io_uring_needs_a_draining_worker(spec: SpecBody) -> Iterator[Finding]:
+    model = spec.threading.model
+    if spec.backend.io.asynchronous and not model.worker_drains:
+        yield (
+            ("backend", "io"),
+            f"io_uring keeps requests in flight on a worker that owns its queue "
+            f"('worker-drain' or 'per-queue'), not '{model.value}'",
+        )
+
+
 def _direct_io_needs_announced_block_size(spec: SpecBody) -> Iterator[Finding]:
     b = spec.backend
     if b.direct and not spec.features.blk_size:
@@ -149,6 +158,7 @@ RULES: tuple[Rule, ...] = (
     _config_wce_cannot_work_on_hvisor,
     _polling_needs_a_draining_worker,
     _affinity_needs_workers,
+    _io_uring_needs_a_draining_worker,
     _direct_io_needs_announced_block_size,
 )
 
