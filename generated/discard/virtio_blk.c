@@ -66,9 +66,6 @@
  * time and without a bound; an MMIO window of up to 0x1000 bytes can thus
  * read this far into BlkDev. It must see the config and zeros, not pointers. */
 #define BLK_CONFIG_WINDOW 0x1000
-/* Pseudo request type for a chain that failed validation. */
-#define BLK_T_MALFORMED UINT32_MAX
-
 _Static_assert(sizeof(BlkReqHead) == 16,
                "virtio-blk request header is 16 bytes");
 _Static_assert(sizeof(BlkConfig) <= BLK_CONFIG_WINDOW,
@@ -86,7 +83,8 @@ static const char blk_serial[BLK_ID_BYTES] = "hvisor-virblk";
 /* One request, as validated from its descriptor chain. */
 struct blk_req {
     uint16_t head;      /* chain head, returned in the used ring */
-    uint32_t type;      /* VIRTIO_BLK_T_*, or BLK_T_MALFORMED */
+    bool malformed;     /* the chain broke a rule: complete with IOERR */
+    uint32_t type;      /* VIRTIO_BLK_T_*, from the header */
     uint64_t sector;    /* from the header */
     uint8_t *status;    /* the 1-byte status buffer; NULL if there is none */
     bool data_writable; /* data segments are device-writable (IN, GET_ID) */
@@ -189,7 +187,7 @@ static void blk_mark_broken(BlkQueue *q, const char *why) {
 /* ---- Parsing: descriptor chain -> struct blk_req ----------------------- */
 
 /* Walk the chain at head into req. Returns false when the chain breaks a
- * rule; the caller then completes it as malformed. */
+ * rule; req->status is then set only if a valid status buffer was found. */
 static bool blk_walk_chain(BlkQueue *q, uint16_t head, struct blk_req *req) {
     VirtQueue *vq = q->vq;
     volatile VirtqDesc *table = vq->desc_table;
@@ -217,7 +215,8 @@ static bool blk_walk_chain(BlkQueue *q, uint16_t head, struct blk_req *req) {
             if (buf == NULL)
                 return false;
             if (flags & VRING_DESC_F_WRITE) {
-                if (nwrite >= BLK_DATA_SEGS_MAX + 1)
+                /* readable and writable share iov: bound them together */
+                if (nread + nwrite >= BLK_DATA_SEGS_MAX + 1)
                     return false;
                 req->iov[nread + nwrite].iov_base = buf;
                 req->iov[nread + nwrite].iov_len = len;
@@ -266,7 +265,7 @@ static bool blk_walk_chain(BlkQueue *q, uint16_t head, struct blk_req *req) {
 }
 
 /* Take the next chain off the avail ring into req. Returns 1 when req holds
- * a request (possibly BLK_T_MALFORMED), 0 when the ring is empty, and -1
+ * a request (possibly a malformed one), 0 when the ring is empty, and -1
  * when the ring itself broke a rule. Runs on the avail side's owner. */
 static int blk_pop(BlkQueue *q, struct blk_req *req) {
     VirtQueue *vq = q->vq;
@@ -288,10 +287,11 @@ static int blk_pop(BlkQueue *q, struct blk_req *req) {
     req->status = NULL;
     req->niov = 0;
     req->data_len = 0;
-    if (!blk_walk_chain(q, head, req)) {
+    req->malformed = !blk_walk_chain(q, head, req);
+    if (req->malformed) {
+        /* req->status is kept when the walk got as far as a valid status
+         * buffer: the driver then learns of the error (IOERR, used len 1). */
         log_debug("virtio-blk: malformed chain at head %u", head);
-        req->type = BLK_T_MALFORMED;
-        req->status = NULL;
         req->niov = 0;
     }
     return 1;
@@ -492,6 +492,10 @@ static void blk_handle(BlkQueue *q, struct blk_req *req) {
     uint32_t written = 0;
     uint8_t status;
 
+    if (req->malformed) {
+        blk_complete(q, req, VIRTIO_BLK_S_IOERR, 0);
+        return;
+    }
     switch (req->type) {
     case VIRTIO_BLK_T_IN:
         status = blk_do_rw(dev, req, false, &written);
@@ -510,9 +514,6 @@ static void blk_handle(BlkQueue *q, struct blk_req *req) {
         break;
     case VIRTIO_BLK_T_WRITE_ZEROES: /* features.write_zeroes */
         status = blk_do_ranges(dev, req, false);
-        break;
-    case BLK_T_MALFORMED:
-        status = VIRTIO_BLK_S_IOERR;
         break;
     default:
         status = VIRTIO_BLK_S_UNSUPP;

@@ -145,7 +145,7 @@ def split_sizes(total: int, segments: int | Sequence[int], unit: int = 1) -> lis
             raise BlkError(f"segment sizes {sizes} do not add up to {total}")
         return sizes
     base = total // segments // unit * unit if segments > 0 else 0
-    if segments <= 0 or base == 0 and segments > 1:
+    if segments <= 0 or (base == 0 and segments > 1):
         raise BlkError(f"cannot split {total} bytes into {segments} segments of {unit}")
     return [base] * (segments - 1) + [total - base * (segments - 1)]
 
