@@ -1,8 +1,9 @@
 """Shared pytest options and fixtures.
 
-The device suite runs once per (spec, target): the rk3588 build under
-qemu-aarch64, the host build natively. Logs and command lines of each test
-are kept under build/test-logs/ for debugging.
+The device suite runs once per (spec, target) for the targets named by
+--targets (default: the rk3588 build under qemu-aarch64 and the host build
+natively; `--targets host-asan,host-tsan` runs the sanitizer builds). Logs and
+command lines of each test are kept under build/test-logs/ for debugging.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import pytest
 from toolchain import project
 from toolchain.guest import Backend, BlkDevice, ShadowDisk
 from toolchain.spec import Spec
-from toolchain.targets import Target, load_target, target_names
+from toolchain.targets import Target, load_target, sanitizer_reports, target_names
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = project.Layout(ROOT)
 IMAGE_SIZE = 8 * 1024 * 1024
-# qemu-user translates the backend; give it room, but never hang a test.
+# qemu-user translates the backend, sanitizers slow it down; give it room,
+# but never hang a test.
 TIMEOUT = {True: 10.0, False: 5.0}
+SANITIZER_TIMEOUT = 15.0
+DEFAULT_TARGETS = "rk3588,host"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,20 +40,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite the expected .err files of golden tests (review the diff!)",
     )
+    parser.addoption(
+        "--targets",
+        default=DEFAULT_TARGETS,
+        help=(
+            "comma-separated build targets the device suite runs on "
+            f"(default {DEFAULT_TARGETS}; known: {', '.join(target_names())})"
+        ),
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how many device tests ran each target (rk3588 = under qemu-aarch64)."""
-    counts = {"rk3588": 0, "host": 0}
+    names = selected_targets(terminalreporter.config)
+    counts = dict.fromkeys(names, 0)
     for report in terminalreporter.stats.get("passed", []):
         for target in counts:
-            if f"@{target}" in report.nodeid:
+            if re.search(rf"@{re.escape(target)}\]", report.nodeid):
                 counts[target] += 1
     if any(counts.values()):
-        terminalreporter.write_line(
-            f"device tests passed: {counts['rk3588']} on the rk3588 build under "
-            f"qemu-aarch64, {counts['host']} on the host build"
-        )
+        where = {"rk3588": "the rk3588 build under qemu-aarch64"}
+        parts = [f"{n} on {where.get(t, f'the {t} build')}" for t, n in counts.items()]
+        terminalreporter.write_line(f"device tests passed: {', '.join(parts)}")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +93,14 @@ class DeviceUnderTest:
     @property
     def timeout(self) -> float:
         """Per-request completion timeout."""
+        if self.target.sanitizer:
+            return SANITIZER_TIMEOUT
         return TIMEOUT[self.target.emulated]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment additions for the backend process (sanitizer options)."""
+        return dict(self.target.env)
 
     def driver(self, **kwargs: Any) -> BlkDevice:
         """A guest driver suited to this device (timeouts, I/O alignment)."""
@@ -91,13 +110,37 @@ class DeviceUnderTest:
         return d
 
 
-def configurations() -> list[tuple[str, str]]:
-    """(spec, target) for every spec in spec/ and every target."""
+def selected_targets(config: pytest.Config) -> list[str]:
+    """The targets named by --targets, checked against toolchain/targets/."""
+    names = [t.strip() for t in str(config.getoption("--targets")).split(",") if t.strip()]
+    unknown = [t for t in names if t not in target_names()]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"--targets: unknown target(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(target_names())}"
+        )
+    return names
+
+
+def configurations(config: pytest.Config) -> list[tuple[str, str]]:
+    """(spec, target) for every spec in spec/ and every selected target."""
     specs = sorted(p.stem for p in LAYOUT.spec_dir.glob("*.yaml"))
-    return [(s, t) for s in specs for t in target_names()]
+    return [(s, t) for s in specs for t in selected_targets(config)]
 
 
-@pytest.fixture(scope="session", params=configurations(), ids=lambda c: f"{c[0]}@{c[1]}")
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that needs a device under test once per configuration."""
+    if "dut" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "dut",
+            configurations(metafunc.config),
+            indirect=True,
+            scope="session",
+            ids=lambda c: f"{c[0]}@{c[1]}",
+        )
+
+
+@pytest.fixture(scope="session")
 def dut(request: pytest.FixtureRequest) -> DeviceUnderTest:
     """The device under test; built once per session."""
     spec_name, target_name = request.param
@@ -106,8 +149,11 @@ def dut(request: pytest.FixtureRequest) -> DeviceUnderTest:
         if shutil.which(tool) is None:
             pytest.fail(f"'{tool}' is missing; run: invoke setup")
     (spec,) = project.specs(LAYOUT, [spec_name])
-    result = project.build_one(LAYOUT, spec_name, target_name)
     manifest = json.loads((LAYOUT.generated_for(spec_name) / "manifest.json").read_text())
+    mutant = os.environ.get("BLKGEN_MUTANT_BINARY")  # set by `invoke mutants` only
+    if mutant and os.environ.get("BLKGEN_MUTANT_SPEC") == spec_name and target_name == "host":
+        return DeviceUnderTest(spec, target, Path(mutant), manifest)
+    result = project.build_one(LAYOUT, spec_name, target_name)
     return DeviceUnderTest(spec, target, result.binary, manifest)
 
 
@@ -149,6 +195,7 @@ def start_backend(
             log_dir,
             prefix=dut.prefix,
             name=f"backend{len(started)}",
+            env=dut.env,
             **kwargs,
         )
         started.append(be)
@@ -162,6 +209,10 @@ def start_backend(
         be.cleanup()
     for be, code in zip(started, codes, strict=True):
         assert code == 0, f"{be.name} exited with {code}:\n{be.log_text()}"
+        # Sanitizers also exit non-zero, but a report is a failure even if
+        # the exit status was lost (e.g. the test stopped the backend itself).
+        reports = sanitizer_reports(be.log_text())
+        assert not reports, f"{be.name}: sanitizer report(s) {reports}:\n{be.log_text()}"
 
 
 @pytest.fixture
@@ -177,3 +228,18 @@ def dev(dut: DeviceUnderTest, backend: Backend) -> Iterator[BlkDevice]:
     d.connect(backend.socket_path)
     yield d
     d.close()
+
+
+# ---- hypothesis profiles (tests/test_properties.py) --------------------------------
+# ci: bounded, per spec x target; long: HYPOTHESIS_PROFILE=long for a soak run. The
+# examples share one backend per test function (function-scoped fixtures on purpose).
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_HYPOTHESIS_COMMON: dict[str, Any] = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    "print_blob": True,
+}
+settings.register_profile("ci", max_examples=50, **_HYPOTHESIS_COMMON)
+settings.register_profile("long", max_examples=5000, **_HYPOTHESIS_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -37,13 +37,16 @@ def headers(generated: Path) -> list[Path]:
     return [generated / "virtio_blk.h", *sorted(RUNTIME_DIR.glob("*.h"))]
 
 
-def compile_command(target: Target, generated: Path, out: Path) -> list[str]:
+def compile_command(
+    target: Target, generated: Path, out: Path, extra_cflags: tuple[str, ...] = ()
+) -> list[str]:
     """The one compiler invocation that builds the binary."""
     cc = require(target.cc)
     return [
         cc,
         *target.cflags,
         *WARNINGS,
+        *extra_cflags,
         f"-I{generated}",
         f"-I{RUNTIME_DIR}",
         *(str(s) for s in sources(generated)),
@@ -53,13 +56,26 @@ def compile_command(target: Target, generated: Path, out: Path) -> list[str]:
     ]
 
 
-def build(target: Target, generated: Path, out_dir: Path) -> BuildResult:
+def build(
+    target: Target, generated: Path, out_dir: Path, extra_cflags: tuple[str, ...] = ()
+) -> BuildResult:
     """Build generated/<spec> for target into out_dir (skipped if up to date)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = out_dir / BINARY
-    cmd = compile_command(target, generated, binary)
+    cmd = compile_command(target, generated, binary, extra_cflags)
+    return compile_cached(cmd, sources(generated) + headers(generated), binary)
+
+
+def compile_cached(cmd: list[str], inputs: list[Path], binary: Path) -> BuildResult:
+    """Run cmd to make binary unless the command and every input are unchanged.
+
+    The command goes to build.cmd and the compiler's output to build.log,
+    next to the binary.
+    """
+    out_dir = binary.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(shlex.join(cmd).encode())
-    for path in sources(generated) + headers(generated):
+    for path in inputs:
         digest.update(path.read_bytes())
     stamp = out_dir / ".stamp"
     if binary.is_file() and stamp.is_file() and stamp.read_text() == digest.hexdigest():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import reference
+from . import fuzz, reference
 from .build import BuildResult, build
 from .render import render_spec
 from .spec import Spec, load_specs, spec_paths
@@ -46,6 +46,26 @@ class Layout:
         """build/<target>/<spec>/"""
         return self.build_dir / target / spec
 
+    def fuzz_for(self, spec: str) -> Path:
+        """build/fuzz/<spec>/: the fuzzer, its working corpus, crash files, log"""
+        return self.build_dir / "fuzz" / spec
+
+    @property
+    def fuzz_seeds(self) -> Path:
+        """The committed seed corpus (written by tests/fuzz/make_corpus.py only)."""
+        return self.root / "tests" / "fuzz" / "corpus"
+
+    def spec_names(self) -> list[str]:
+        """Every shipped spec, sorted."""
+        return sorted(p.stem for p in self.spec_dir.glob("*.yaml"))
+
+    def test_files(self, patterns: list[str]) -> list[Path]:
+        """Files matching patterns (globs relative to the root), in order, once each."""
+        found: list[Path] = []
+        for pattern in patterns:
+            found += [p for p in sorted(self.root.glob(pattern)) if p not in found]
+        return found
+
 
 def specs(layout: Layout, names: list[str] | None = None) -> list[Spec]:
     """Load and validate the named specs (default: all); SpecError on any problem."""
@@ -72,3 +92,11 @@ def build_one(layout: Layout, spec: str, target: str) -> BuildResult:
     if not (generated / "virtio_blk.c").is_file():
         raise FileNotFoundError(f"{generated} has no virtio_blk.c; run: invoke gen --spec {spec}")
     return build(load_target(target), generated, layout.build_for(target, spec))
+
+
+def build_fuzzer(layout: Layout, spec: str) -> BuildResult:
+    """Build build/fuzz/<spec>/fuzz_blk from generated/<spec>/."""
+    generated = layout.generated_for(spec)
+    if not (generated / "virtio_blk.c").is_file():
+        raise FileNotFoundError(f"{generated} has no virtio_blk.c; run: invoke gen --spec {spec}")
+    return fuzz.build_fuzzer(generated, layout.fuzz_for(spec))

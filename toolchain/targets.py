@@ -40,6 +40,17 @@ class Target(BaseModel):
     packages: Annotated[
         list[str], Field(default_factory=list, description="Debian packages needed")
     ]
+    sanitizer: Annotated[
+        bool,
+        Field(
+            default=False,
+            description="built with sanitizers: slower, and a report in its output is a failure",
+        ),
+    ]
+    env: Annotated[
+        dict[str, str],
+        Field(default_factory=dict, description="environment for running what it builds"),
+    ]
 
     @property
     def emulated(self) -> bool:
@@ -47,9 +58,24 @@ class Target(BaseModel):
         return bool(self.runner)
 
 
+# Lines a sanitizer runtime prints when it found something (ASan/LSan, UBSan,
+# TSan); any of them in a backend's output fails the test that ran it.
+SANITIZER_REPORTS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",
+    "WARNING: ThreadSanitizer",
+)
+
+
 def target_names() -> list[str]:
     """Every defined target, sorted."""
     return sorted(p.stem for p in TARGET_DIR.glob("*.yaml"))
+
+
+def sanitizer_reports(text: str) -> list[str]:
+    """The lines of text in which a sanitizer reported a finding."""
+    return [line for line in text.splitlines() if any(m in line for m in SANITIZER_REPORTS)]
 
 
 def load_target(name: str) -> Target:

@@ -14,6 +14,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "gcc": "gcc",
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-storage-daemon": "qemu-system-common",
+    "clang-14": "clang-14",
 }
 
 

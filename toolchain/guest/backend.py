@@ -9,7 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Self
 
@@ -23,7 +23,9 @@ class Backend:
 
     ``argv`` is the full command line (it must already name ``socket_path``).
     Stderr and stdout go to ``<log_dir>/<name>.log``; the command line is
-    written to ``<log_dir>/<name>.cmd``.  Use the classmethods to build argv.
+    written to ``<log_dir>/<name>.cmd``.  ``env`` adds to (or overrides) the
+    inherited environment, e.g. sanitizer options.  Use the classmethods to
+    build argv.
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class Backend:
         name: str = "backend",
         start_timeout: float = 10.0,
         own_dir: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.env = dict(env or {})
         self.socket_path = socket_path
         self.log_dir = Path(log_dir)
         self.name = name
@@ -66,6 +70,7 @@ class Backend:
         extra_args: Sequence[str] = (),
         socket_dir: str | None = None,
         name: str = "vhost-user-blk",
+        env: Mapping[str, str] | None = None,
     ) -> Backend:
         """The project's backend: ``prefix binary --socket-path S --blk-file IMG [--read-only]``."""
         sdir, own = cls._socket_dir(socket_dir)
@@ -73,7 +78,7 @@ class Backend:
         argv = [*prefix, binary, "--socket-path", sock, "--blk-file", image]
         if read_only:
             argv.append("--read-only")
-        return cls([*argv, *extra_args], sock, log_dir, name, own_dir=own)
+        return cls([*argv, *extra_args], sock, log_dir, name, own_dir=own, env=env)
 
     @classmethod
     def qemu_storage_daemon(
@@ -112,7 +117,8 @@ class Backend:
     def start(self) -> None:
         """Launch the process and wait (bounded) for its socket to appear."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.cmd_path.write_text(shlex.join(self.argv) + "\n")
+        env_prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(self.env.items()))
+        self.cmd_path.write_text(env_prefix + shlex.join(self.argv) + "\n")
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -122,6 +128,7 @@ class Backend:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(self.socket_path):

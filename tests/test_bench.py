@@ -1,0 +1,107 @@
+"""Smoke test of the benchmark tooling: the load generator and `invoke bench`'s library.
+
+Tiny settings (one job, one run of one second, a 32 MiB image); it checks the
+shape of what is written, never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from toolchain import project
+from toolchain.bench.loadgen import build_loadgen
+from toolchain.bench.runner import BenchConfig, run_bench
+from toolchain.bench.schema import RESULTS_SCHEMA
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYOUT = project.Layout(ROOT)
+HAVE_QSD = shutil.which("qemu-storage-daemon") is not None
+
+
+def test_loadgen_builds_and_measures_memcpy() -> None:
+    binary = build_loadgen(LAYOUT.build_dir).binary
+    out = subprocess.run(
+        [str(binary), "--memcpy-bench", "--seconds", "0.05"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    data = json.loads(out.stdout)["memcpy"]
+    assert data["block_bytes"] == 1 << 20
+    assert data["bytes"] > 0
+
+
+def test_loadgen_rejects_bad_usage_and_absent_backend(tmp_path: Path) -> None:
+    binary = str(build_loadgen(LAYOUT.build_dir).binary)
+    bad = subprocess.run([binary, "--qd", "0"], capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 2
+    absent = subprocess.run(
+        [binary, "--socket", str(tmp_path / "none.sock"), "--timeout", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert absent.returncode == 1
+    assert "no backend" in absent.stderr
+
+
+def test_bench_writes_valid_results(tmp_path: Path) -> None:
+    config = BenchConfig(
+        specs=("procq", "virtio-blk"),
+        target="host",
+        jobs=("4k-randread-qd64",),
+        runs=1,
+        seconds=1.0,
+        warmup=0.2,
+        peer="qsd" if HAVE_QSD else None,
+        image_mib=32,
+        out_dir=tmp_path,
+        command="pytest tests/test_bench.py",
+    )
+    lines: list[str] = []
+    out = run_bench(LAYOUT, config, lines.append)
+    doc = json.loads((out / "results.json").read_text())
+    jsonschema.validate(doc, RESULTS_SCHEMA)
+    names = {b["name"] for b in doc["backends"]}
+    assert names == {"procq", "virtio-blk"} | ({"qsd"} if HAVE_QSD else set())
+    failed = [r for r in doc["runs"] if not r["ok"]]
+    assert not failed, failed
+    assert len(doc["runs"]) == len(names)
+    assert all(r["exit_code"] == 0 and r["ios"] > 0 for r in doc["runs"])
+    assert {c["other"] for c in doc["comparisons"]} == names - {"procq"}
+    report = (out / "report.md").read_text()
+    assert "| Metric | procq (A) | virtio-blk (B) |" in report
+    assert (out / "iops.png").stat().st_size > 0
+    assert (out / "latency-cdf-4k-randread-qd64.png").stat().st_size > 0
+    assert sum("run 1/1" in line for line in lines) == len(names)
+
+
+def test_bench_skips_multiqueue_job_for_single_queue_specs(tmp_path: Path) -> None:
+    config = BenchConfig(
+        specs=("virtio-blk",),
+        jobs=("4k-randread-qd32-mq4",),
+        runs=1,
+        seconds=0.3,
+        warmup=0.0,
+        image_mib=16,
+        out_dir=tmp_path,
+    )
+    out = run_bench(LAYOUT, config, lambda _line: None)
+    doc = json.loads((out / "results.json").read_text())
+    jsonschema.validate(doc, RESULTS_SCHEMA)
+    assert doc["runs"] == []
+    assert doc["skipped"][0]["backend"] == "virtio-blk"
+
+
+@pytest.mark.parametrize("bad", [{"specs": ()}, {"specs": ("a", "a")}, {"peer": "spdk"}])
+def test_bench_config_rejects(bad: dict[str, object]) -> None:
+    settings: dict[str, object] = {"specs": ("virtio-blk",), **bad}
+    with pytest.raises(ValueError):
+        BenchConfig(**settings).check()  # type: ignore[arg-type]

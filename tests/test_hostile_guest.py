@@ -1,0 +1,1088 @@
+"""The device against a hostile guest: every rule of the hardening issue, every spec x target.
+
+The device runs in hvisor's privileged root zone; everything in a virtqueue is
+written by an untrusted guest. Each test here writes descriptor tables and
+ring indices verbatim (toolchain.guest.hostile), snapshots guest memory around
+everything the chain references, and checks that:
+
+- the completion is the one the rule calls for (VIRTIO_BLK_S_IOERR with used
+  length 1 when the chain has a valid status descriptor, used length 0 and
+  nothing written when the walk cannot trust it);
+- only the intended writable bytes changed (the status byte, the data of a
+  successful read), guard bytes included;
+- the backend is alive, and a good request works afterwards (after a reset
+  where the rule calls for one).
+
+Then: reset and disconnect under load (no deadlock, no leak, no completion
+after a ring was stopped), and durability across SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from toolchain.guest import (
+    Backend,
+    BlkDevice,
+    BlkRequest,
+    GuestMemory,
+    ShadowDisk,
+    SplitVirtqueue,
+    VhostUserError,
+    VhostUserFrontend,
+)
+from toolchain.guest.blk import (
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    Segment,
+)
+from toolchain.guest.hostile import (
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    AlignedRequest,
+    Desc,
+    MemoryWatch,
+    Outcome,
+    Range,
+    RawQueue,
+    cpu_seconds,
+    fd_count,
+    handshake,
+    link,
+    rss_kib,
+)
+from toolchain.guest.virtq import UsedElem
+
+from .conftest import IMAGE_SIZE, DeviceUnderTest
+
+SECTORS = IMAGE_SIZE // 512
+W = VRING_DESC_F_WRITE
+N = VRING_DESC_F_NEXT
+#: Sector the hostile reads target, and the one the "still works" check uses.
+READ_SECTOR = 8
+WORK_SECTOR = 4096
+U64 = 1 << 64
+#: Requests with every buffer 4 KiB aligned: O_DIRECT specs refuse anything else.
+Req = AlignedRequest
+
+
+# ---- helpers --------------------------------------------------------------------
+
+
+def read_only(dut: DeviceUnderTest) -> bool:
+    """Whether the spec's device refuses writes."""
+    return bool(getattr(dut.spec.features, "ro", False))
+
+
+def settle(dut: DeviceUnderTest) -> float:
+    """How long to watch for something that must not happen."""
+    return 0.5 if dut.target.emulated else 0.2
+
+
+def hdr(type_: int, sector: int = READ_SECTOR) -> bytes:
+    """A 16-byte request header."""
+    return BlkRequest.header(type_, sector % U64)
+
+
+def span(seg: Segment, n: int | None = None) -> Range:
+    """The first ``n`` bytes (default all) of a segment."""
+    return (seg.gpa, seg.gpa + (seg.length if n is None else n))
+
+
+def buffers(dev: BlkDevice, *parts: tuple[bytes | int, bool]) -> BlkRequest:
+    """Guarded, aligned buffers; ``writable`` False means the device must not change it."""
+    return Req(dev.memory, list(parts))
+
+
+def used(out: Outcome) -> list[tuple[int, int]]:
+    """(id, len) of each completion."""
+    return [(u.id, u.len) for u in out.used]
+
+
+def assert_device_works(dev: BlkDevice, dut: DeviceUnderTest, shadow: ShadowDisk) -> None:
+    """A good request works: a write/read round trip (a read on read-only specs)."""
+    if not read_only(dut):
+        data = os.urandom(4096)
+        c = dev.run(Req.write(dev.memory, WORK_SECTOR, data, 2))
+        assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_OK, 1, [])
+        shadow.write(WORK_SECTOR * 512, data)
+    c = dev.run(Req.read(dev.memory, WORK_SECTOR, 4096, 4))
+    assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_OK, 4097, [])
+    assert c.data == shadow.expected(WORK_SECTOR * 512, 4096)
+
+
+def assert_image_intact(image: Path, shadow: ShadowDisk) -> None:
+    """The image has its size and exactly the shadow's content."""
+    assert image.stat().st_size == IMAGE_SIZE
+    assert image.read_bytes() == bytes(shadow.data)
+
+
+@pytest.fixture
+def raw(dev: BlkDevice) -> RawQueue:
+    """Hostile access to queue 0 of the connected device."""
+    return RawQueue(dev)
+
+
+@pytest.fixture
+def gapdev(dut: DeviceUnderTest, backend: Backend) -> Iterator[BlkDevice]:
+    """A driver whose guest RAM is two 16 MiB regions with a 1 MiB hole between them."""
+    d = BlkDevice(
+        GuestMemory.with_gap(2, 16 * 1024 * 1024, 0x10_0000),
+        timeout=dut.timeout,
+        queue_size=dut.spec.device.queue_size,
+    )
+    d.connect(backend.socket_path)
+    yield d
+    d.close()
+
+
+# ---- descriptor indices, loops, chain length, F_NEXT ------------------------------
+
+
+def _read_chain(dev: BlkDevice) -> tuple[BlkRequest, list[tuple[int, int, int]]]:
+    """A well-formed 512-byte read, as guarded buffers and (addr, len, flags) entries."""
+    b = buffers(dev, (hdr(VIRTIO_BLK_T_IN), False), (512, False), (1, False))
+    h, d, s = b.segments
+    return b, [(h.gpa, 16, 0), (d.gpa, 512, W), (s.gpa, 1, W)]
+
+
+def _head_at_num(entries: list[tuple[int, int, int]], num: int) -> tuple[dict[int, Desc], int]:
+    return link(entries), num
+
+
+def _head_ffff(entries: list[tuple[int, int, int]], num: int) -> tuple[dict[int, Desc], int]:
+    return link(entries), 0xFFFF
+
+
+def _next_at_num(entries: list[tuple[int, int, int]], num: int) -> tuple[dict[int, Desc], int]:
+    descs = link(entries)
+    descs[0] = Desc(*entries[0][:2], N, num)
+    return descs, 0
+
+
+def _next_ffff_after_data(
+    entries: list[tuple[int, int, int]], num: int
+) -> tuple[dict[int, Desc], int]:
+    descs = link(entries)
+    descs[1] = Desc(*entries[1][:2], W | N, 0xFFFF)
+    return descs, 0
+
+
+def _self_loop(entries: list[tuple[int, int, int]], num: int) -> tuple[dict[int, Desc], int]:
+    descs = link(entries)
+    descs[1] = Desc(*entries[1][:2], W | N, 1)
+    return descs, 0
+
+
+def _loop_back_to_head(
+    entries: list[tuple[int, int, int]], num: int
+) -> tuple[dict[int, Desc], int]:
+    descs = link(entries)
+    descs[2] = Desc(*entries[2][:2], W | N, 0)
+    return descs, 0
+
+
+def _zero_length_cycle_through_every_descriptor(
+    entries: list[tuple[int, int, int]], num: int
+) -> tuple[dict[int, Desc], int]:
+    descs = {0: Desc(*entries[0][:2], N, 1)}
+    for i in range(1, num):
+        descs[i] = Desc(0, 0, N, (i + 1) % num)
+    return descs, 0
+
+
+def _zero_length_cycle_that_never_returns_to_the_head(
+    entries: list[tuple[int, int, int]], num: int
+) -> tuple[dict[int, Desc], int]:
+    descs = {0: Desc(*entries[0][:2], N, 1)}
+    for i in range(1, num):
+        descs[i] = Desc(0, 0, N, i + 1 if i + 1 < num else 1)
+    return descs, 0
+
+
+def _readable_cycle_longer_than_the_ring(
+    entries: list[tuple[int, int, int]], num: int
+) -> tuple[dict[int, Desc], int]:
+    descs = {0: Desc(*entries[0][:2], N, 1)}
+    for i in range(1, num):
+        descs[i] = Desc(entries[1][0], 512, N, (i + 1) % num)
+    return descs, 0
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _head_at_num,
+        _head_ffff,
+        _next_at_num,
+        _next_ffff_after_data,
+        _self_loop,
+        _loop_back_to_head,
+        _zero_length_cycle_through_every_descriptor,
+        _zero_length_cycle_that_never_returns_to_the_head,
+        _readable_cycle_longer_than_the_ring,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_bad_index_or_loop_completes_with_used_len_0_and_writes_nothing(
+    dev: BlkDevice,
+    raw: RawQueue,
+    backend: Backend,
+    dut: DeviceUnderTest,
+    shadow: ShadowDisk,
+    build: Callable[[list[tuple[int, int, int]], int], tuple[dict[int, Desc], int]],
+) -> None:
+    """Index >= num (head or next), a loop, a chain longer than the ring: used len 0."""
+    bufs, entries = _read_chain(dev)
+    descs, head = build(entries, raw.num)
+    out = raw.post(descs, [head])
+    assert used(out) == [(head, 0)]
+    assert out.unexpected() == []
+    assert bufs.check_guards() == []
+    assert backend.alive()
+    assert_device_works(dev, dut, shadow)
+
+
+def test_next_is_only_followed_with_the_next_flag(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """A descriptor without F_NEXT ends the chain, whatever garbage its next holds."""
+    bufs, entries = _read_chain(dev)
+    _h, d, s = bufs.segments
+    descs = link(entries)
+    descs[2] = Desc(s.gpa, 1, W, 0xFFFF)  # last: garbage next, no F_NEXT
+    descs[3] = Desc(0xDEAD_0000, 4096, W)  # what 'next' would be if followed blindly
+    out = raw.post({k: descs[k] for k in (0, 1, 2)}, [0])
+    assert used(out) == [(0, 513)]
+    assert out.unexpected([span(d), span(s)]) == []
+    assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_OK
+    assert dev.memory.read(d.gpa, 512) == shadow.expected(READ_SECTOR * 512, 512)
+    assert_device_works(dev, dut, shadow)
+
+
+def test_a_chain_using_every_descriptor_of_the_ring_is_served(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """Exactly num descriptors is legal: header, the most data segments allowed, padding, status."""
+    num = raw.num
+    segs = min(dut.spec.data_segments_max, num - 2)
+    parts: list[tuple[bytes | int, bool]] = [(hdr(VIRTIO_BLK_T_IN, 0), False)]
+    parts += [(512, True)] * segs + [(1, True)]
+    bufs = buffers(dev, *parts)
+    h, *data, s = bufs.segments
+    entries = [(h.gpa, 16, 0)] + [(seg.gpa, 512, W) for seg in data]
+    entries += [(0, 0, W)] * (num - 2 - segs) + [(s.gpa, 1, W)]
+    assert len(entries) == num
+    out = raw.post(link(entries), [0])
+    assert used(out) == [(0, 512 * segs + 1)]
+    assert out.unexpected([span(x) for x in (*data, s)]) == []
+    got = b"".join(dev.memory.read(seg.gpa, 512) for seg in data)
+    assert got == shadow.expected(0, 512 * segs)
+    assert bufs.check_guards() == []
+    assert_device_works(dev, dut, shadow)
+
+
+# ---- indirect descriptors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["as-head", "mid-chain"])
+def test_indirect_descriptor_is_never_followed_when_not_negotiated(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk, where: str
+) -> None:
+    """F_INDIRECT without VIRTIO_RING_F_INDIRECT_DESC negotiated: used len 0, table untouched."""
+    with BlkDevice(
+        timeout=dut.timeout,
+        queue_size=dut.spec.device.queue_size,
+        feature_mask=~(1 << VIRTIO_RING_F_INDIRECT_DESC),
+    ) as dev:
+        dev.connect(backend.socket_path)
+        assert not dev.has_feature(VIRTIO_RING_F_INDIRECT_DESC)
+        raw = RawQueue(dev)
+        bufs, entries = _read_chain(dev)
+        h, _d, s = bufs.segments
+        table = b"".join(e.pack() for e in link(entries).values())
+        tbl = buffers(dev, (table, False))
+        (t,) = tbl.segments
+        if where == "as-head":
+            descs = {0: Desc(t.gpa, len(table), VRING_DESC_F_INDIRECT)}
+        else:
+            descs = link(
+                [(h.gpa, 16, 0), (t.gpa, len(table), VRING_DESC_F_INDIRECT), (s.gpa, 1, W)]
+            )
+        out = raw.post(descs, [0])
+        assert used(out) == [(0, 0)]
+        assert out.unexpected() == []
+        assert bufs.check_guards() == tbl.check_guards() == []
+        assert backend.alive()
+        assert_device_works(dev, dut, shadow)
+
+
+# ---- buffers outside guest memory ---------------------------------------------------
+
+
+def _bad_address(mem: GuestMemory, kind: str, length: int) -> tuple[int, int]:
+    """(addr, len) of a buffer that is not entirely inside one region."""
+    r0, r1 = mem.regions
+    if kind == "below-memory":
+        return 0x1000, length
+    if kind == "above-memory":
+        return r1.end + 0x10_0000, length
+    if kind == "in-the-gap":
+        return r0.end + 0x1000, length
+    if kind == "straddling-a-region-end":
+        return r1.end - max(1, length // 2), max(2, length)
+    if kind == "spanning-the-gap":
+        return r0.end - max(1, length // 2), r1.guest_phys_addr - r0.end + max(2, length)
+    assert kind == "wrapping-2-64"
+    return U64 - max(1, length // 2), max(2, length)
+
+
+@pytest.mark.parametrize("which", ["header", "data", "status"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "below-memory",
+        "above-memory",
+        "in-the-gap",
+        "straddling-a-region-end",
+        "spanning-the-gap",
+        "wrapping-2-64",
+    ],
+)
+def test_buffer_not_inside_one_region_completes_with_used_len_0_and_writes_nothing(
+    gapdev: BlkDevice,
+    backend: Backend,
+    dut: DeviceUnderTest,
+    shadow: ShadowDisk,
+    which: str,
+    kind: str,
+) -> None:
+    """Outside RAM, across a region's end, in or across the gap, wrapping 2^64: never mapped."""
+    dev = gapdev
+    raw = RawQueue(dev)
+    r0, r1 = dev.memory.regions
+    # Guard patterns at both ends of both regions, which the bad buffers hit.
+    edges = [(r0.end - 4096, r0.end), (r1.guest_phys_addr, r1.guest_phys_addr + 4096)]
+    edges.append((r1.end - 4096, r1.end))
+    pattern = bytes((0x5A + i) & 0xFF for i in range(4096))
+    for a, _ in edges:
+        dev.memory.write(a, pattern)
+    bufs, entries = _read_chain(dev)
+    k = {"header": 0, "data": 1, "status": 2}[which]
+    addr, length = _bad_address(dev.memory, kind, entries[k][1])
+    entries[k] = (addr, length, entries[k][2])
+    out = raw.post(link(entries), [0], extra=edges)
+    assert used(out) == [(0, 0)]
+    assert out.unexpected() == []
+    assert bufs.check_guards() == []
+    assert all(dev.memory.read(a, 4096) == pattern for a, _ in edges)
+    assert backend.alive()
+    assert_device_works(dev, dut, shadow)
+
+
+def test_buffers_in_the_second_region_work(
+    gapdev: BlkDevice, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """The positive control of the gap tests: a read laid out in region 1 is served."""
+    req = Req.read(gapdev.memory, READ_SECTOR, 4096, 2, region=1)
+    c = gapdev.run(req)
+    assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_OK, 4097, [])
+    assert c.data == shadow.expected(READ_SECTOR * 512, 4096)
+
+
+# ---- zero-length buffers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where", ["before-header", "between-header-and-data", "after-status", "everywhere"]
+)
+def test_zero_length_buffers_are_ignored_wherever_they_are(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk, where: str
+) -> None:
+    """len 0 with garbage addresses (outside memory, wrapping) is skipped; the read works."""
+    bufs, entries = _read_chain(dev)
+    _h, d, s = bufs.segments
+    z = [(U64 - 1, 0, 0), (0, 0, W), (0xFFFF_0000_0000, 0, W)]
+    layout = {
+        "before-header": [z[0], *entries],
+        "between-header-and-data": [entries[0], z[1], z[0], *entries[1:]],
+        "after-status": [*entries, z[1], z[2]],
+        "everywhere": [z[0], entries[0], z[1], entries[1], z[2], entries[2], z[1]],
+    }[where]
+    out = raw.post(link(layout), [0])
+    assert used(out) == [(0, 513)]
+    assert out.unexpected([span(d), span(s)]) == []
+    assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_OK
+    assert dev.memory.read(d.gpa, 512) == shadow.expected(READ_SECTOR * 512, 512)
+    assert_device_works(dev, dut, shadow)
+
+
+def test_a_chain_of_only_zero_length_buffers_completes_with_used_len_0(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """No header, no status: nothing to answer into."""
+    out = raw.post(link([(0, 0, 0), (U64 - 1, 0, W), (0x1234, 0, W)]), [0])
+    assert used(out) == [(0, 0)]
+    assert out.unexpected() == []
+    assert_device_works(dev, dut, shadow)
+
+
+# ---- request format ------------------------------------------------------------------------
+
+#: name -> (parts, flags per part, used len, status expected (IOERR) or None).
+#: A part's ``writable`` is what the device may change; flags are what the descriptor says.
+FORMAT_CASES: dict[str, tuple[list[tuple[bytes | int, bool]], list[int], int, bool]] = {
+    "header-8-bytes": (
+        [(hdr(VIRTIO_BLK_T_IN)[:8], False), (512, False), (1, False)],
+        [0, W, W],
+        0,
+        False,
+    ),
+    "header-24-bytes": (
+        [(hdr(VIRTIO_BLK_T_IN) + bytes(8), False), (512, False), (1, False)],
+        [0, W, W],
+        0,
+        False,
+    ),
+    "header-device-writable": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (512, False), (1, True)],
+        [W, W, W],
+        1,
+        True,
+    ),
+    "status-2-bytes": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (512, False), (2, False)],
+        [0, W, W],
+        0,
+        False,
+    ),
+    "status-device-readable": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (512, False), (1, False)],
+        [0, W, 0],
+        0,
+        False,
+    ),
+    "status-device-readable-no-data": (
+        [(hdr(VIRTIO_BLK_T_GET_ID), False), (1, False)],
+        [0, 0],
+        0,
+        False,
+    ),
+    "no-status-at-all": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (512, False)],
+        [0, W],
+        0,
+        False,
+    ),
+    "header-only": ([(hdr(VIRTIO_BLK_T_FLUSH), False)], [0], 0, False),
+    "in-with-readable-data": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (os.urandom(512), False), (1, True)],
+        [0, 0, W],
+        1,
+        True,
+    ),
+    "out-with-writable-data": (
+        [(hdr(VIRTIO_BLK_T_OUT), False), (512, False), (1, True)],
+        [0, W, W],
+        1,
+        True,
+    ),
+    "get-id-with-readable-data": (
+        [(hdr(VIRTIO_BLK_T_GET_ID), False), (os.urandom(20), False), (1, True)],
+        [0, 0, W],
+        1,
+        True,
+    ),
+    "readable-after-writable": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (512, False), (os.urandom(512), False), (1, False)],
+        [0, W, 0, W],
+        0,
+        False,
+    ),
+    "in-data-not-a-multiple-of-512": (
+        [(hdr(VIRTIO_BLK_T_IN), False), (1000, False), (1, True)],
+        [0, W, W],
+        1,
+        True,
+    ),
+    "out-data-not-a-multiple-of-512": (
+        [(hdr(VIRTIO_BLK_T_OUT), False), (os.urandom(1000), False), (1, True)],
+        [0, 0, W],
+        1,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FORMAT_CASES))
+def test_malformed_request_gets_ioerr_only_through_a_valid_status_and_changes_nothing_else(
+    dev: BlkDevice,
+    raw: RawQueue,
+    backend: Backend,
+    dut: DeviceUnderTest,
+    image: Path,
+    shadow: ShadowDisk,
+    case: str,
+) -> None:
+    """IOERR + used len 1 with a valid status descriptor; used len 0 and no write otherwise."""
+    parts, flags, used_len, has_status = FORMAT_CASES[case]
+    bufs = buffers(dev, *parts)
+    entries = [(s.gpa, s.length, f) for s, f in zip(bufs.segments, flags, strict=True)]
+    out = raw.post(link(entries), [0])
+    status = bufs.segments[-1]
+    assert used(out) == [(0, used_len)]
+    assert out.unexpected([span(status, 1)] if has_status else []) == []
+    if has_status:
+        assert dev.memory.read(status.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
+    assert bufs.check_guards() == []
+    assert backend.alive()
+    assert_image_intact(image, shadow)
+    assert_device_works(dev, dut, shadow)
+
+
+def test_unknown_type_0xffffffff_completes_with_unsupp(dev: BlkDevice, raw: RawQueue) -> None:
+    """Every unknown type gets UNSUPP, including the all-ones one."""
+    bufs = buffers(dev, (hdr(0xFFFF_FFFF, 0), False), (1, True))
+    h, s = bufs.segments
+    out = raw.post(link([(h.gpa, 16, 0), (s.gpa, 1, W)]), [0])
+    assert used(out) == [(0, 1)]
+    assert out.unexpected([span(s)]) == []
+    assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_UNSUPP
+
+
+def test_segments_need_not_be_sector_sized_only_their_total(
+    dev: BlkDevice, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """The positive control of the length rule: 300 + 212 bytes is one sector."""
+    if getattr(dut.spec.backend, "direct", False):
+        pytest.skip("O_DIRECT specs require block-aligned segments by design")
+    c = dev.run(BlkRequest.read(dev.memory, READ_SECTOR, 512, [300, 212]))
+    assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_OK, 513, [])
+    assert c.data == shadow.expected(READ_SECTOR * 512, 512)
+
+
+def test_more_data_segments_than_seg_max_are_refused(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """seg_max + 1 data segments (when the ring can carry them): refused, nothing written."""
+    limit = dut.spec.data_segments_max
+    if limit + 3 > raw.num:
+        pytest.skip(f"a {raw.num}-entry ring cannot carry {limit} + 1 data segments")
+    parts: list[tuple[bytes | int, bool]] = [(hdr(VIRTIO_BLK_T_IN, 0), False)]
+    parts += [(512, False)] * (limit + 1) + [(1, False)]
+    bufs = buffers(dev, *parts)
+    entries = [(s.gpa, s.length, W) for s in bufs.segments]
+    entries[0] = (entries[0][0], 16, 0)
+    out = raw.post(link(entries), [0])
+    assert len(out.used) == 1 and out.used[0].len in (0, 1)
+    status = bufs.segments[-1]
+    allowed = [span(status, 1)] if out.used[0].len else []
+    assert out.unexpected(allowed) == []
+    assert_device_works(dev, dut, shadow)
+
+
+def test_seg_max_readable_then_seg_max_plus_1_writable_segments_are_refused_in_bounds(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """Both sides full: the device must stop counting before it overruns its segment array.
+
+    header + seg_max readable + (seg_max + 1) writable + status needs a ring of
+    2 * seg_max + 3 entries; specs whose ring is smaller cannot express it.
+    """
+    limit = dut.spec.data_segments_max
+    if 2 * limit + 3 > raw.num:
+        pytest.skip(f"a {raw.num}-entry ring cannot carry 2 * {limit} + 3 descriptors")
+    parts: list[tuple[bytes | int, bool]] = [(hdr(VIRTIO_BLK_T_OUT, 0), False)]
+    parts += [(bytes(512), False)] * limit + [(512, False)] * (limit + 1) + [(1, False)]
+    bufs = buffers(dev, *parts)
+    entries = [(s.gpa, s.length, 0) for s in bufs.segments[: limit + 1]]
+    entries += [(s.gpa, s.length, W) for s in bufs.segments[limit + 1 :]]
+    out = raw.post(link(entries), [0])
+    assert len(out.used) == 1 and out.used[0].len in (0, 1)
+    status = bufs.segments[-1]
+    assert out.unexpected([span(status, 1)] if out.used[0].len else []) == []
+    assert bufs.check_guards() == []
+    assert_device_works(dev, dut, shadow)
+
+
+def test_a_segment_of_size_max_works_and_a_larger_one_is_refused(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """features.size_max bounds each data segment; without it the device takes larger ones."""
+    size_max = dut.spec.device.size_max
+    if size_max + 512 > IMAGE_SIZE // 2:
+        pytest.skip("size_max too large for the test image")
+    for nbytes in (size_max, size_max + 512):
+        bufs = buffers(dev, (hdr(VIRTIO_BLK_T_IN, 0), False), (nbytes, True), (1, True))
+        h, d, s = bufs.segments
+        out = raw.post(link([(h.gpa, 16, 0), (d.gpa, nbytes, W), (s.gpa, 1, W)]), [0])
+        refused = nbytes > size_max and dut.spec.features.size_max
+        if refused:
+            # The chain's status descriptor is valid: IOERR through it.
+            assert used(out) == [(0, 1)]
+            assert out.unexpected([span(s)]) == []
+            assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
+        else:
+            assert used(out) == [(0, nbytes + 1)]
+            assert out.unexpected([span(d), span(s)]) == []
+            assert dev.memory.read(d.gpa, nbytes) == shadow.expected(0, nbytes)
+        assert bufs.check_guards() == []
+        bufs.free()
+    assert_device_works(dev, dut, shadow)
+
+
+# ---- sector range ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("type_", [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT], ids=["in", "out"])
+@pytest.mark.parametrize(
+    ("sector", "nbytes"),
+    [
+        (1 << 55, 512),  # sector * 512 wraps to 0
+        ((1 << 55) + 1, 512),  # ... to 512
+        (SECTORS, 512),
+        (SECTORS - 1, 1024),
+        (SECTORS - 8, 1 << 20),
+        (1 << 63, 512),
+        (U64 - 1, 4096),
+    ],
+    ids=[
+        "times-512-wraps-to-0",
+        "times-512-wraps-to-512",
+        "at-capacity",
+        "straddling-end",
+        "1MiB-past-end",
+        "2-63",
+        "u64-max",
+    ],
+)
+def test_sector_range_outside_the_disk_gets_ioerr_and_never_grows_the_image(
+    dev: BlkDevice,
+    raw: RawQueue,
+    dut: DeviceUnderTest,
+    image: Path,
+    shadow: ShadowDisk,
+    type_: int,
+    sector: int,
+    nbytes: int,
+) -> None:
+    """sector*512 overflow, sector == capacity, straddling the end: IOERR, image untouched."""
+    data_writable = type_ == VIRTIO_BLK_T_IN
+    nbytes = min(nbytes, dut.spec.device.size_max)
+    payload: bytes | int = nbytes if data_writable else os.urandom(nbytes)
+    bufs = buffers(dev, (hdr(type_, sector), False), (payload, False), (1, True))
+    h, d, s = bufs.segments
+    out = raw.post(
+        link([(h.gpa, 16, 0), (d.gpa, nbytes, W if data_writable else 0), (s.gpa, 1, W)]), [0]
+    )
+    assert used(out) == [(0, 1)]
+    assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
+    assert out.unexpected([span(s)]) == []
+    assert bufs.check_guards() == []
+    assert_image_intact(image, shadow)
+    assert_device_works(dev, dut, shadow)
+
+
+# ---- the avail ring ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recovery", ["reconnect", "get-vring-base-and-resume"])
+def test_avail_index_more_than_a_ring_ahead_is_left_alone_until_reset(
+    dev: BlkDevice,
+    raw: RawQueue,
+    backend: Backend,
+    dut: DeviceUnderTest,
+    shadow: ShadowDisk,
+    recovery: str,
+) -> None:
+    """No completion, used idx still, no CPU spin, even once repaired; works after a reset."""
+    bufs, entries = _read_chain(dev)
+    q = raw.q
+    start, used_before = q._avail_idx, q.used_idx
+    out = raw.post(link(entries), [0], avail_idx=start + raw.num + 1, expect=0, settle=settle(dut))
+    assert out.used == []
+    cpu0, t0 = cpu_seconds(backend.pid), time.monotonic()
+    while time.monotonic() - t0 < 1.0:  # kicked on and on: still nothing, and no spinning
+        q.kick()
+        time.sleep(0.05)
+    cpu = cpu_seconds(backend.pid) - cpu0
+    assert cpu < 0.5, f"backend used {cpu:.2f}s of CPU in 1s with a broken ring"
+    # The guest repairs the index: the ring stays ignored until reset.
+    q.set_avail_idx(start + 1)
+    q.kick()
+    assert q.wait_used(settle(dut), 1) == []
+    assert q.used_idx == used_before
+    assert out.unexpected() == []
+    assert bufs.check_guards() == []
+    assert backend.alive()
+    if recovery == "reconnect":
+        dev.reconnect()
+    else:
+        base = dev.stop_queue(0)
+        assert base == start  # nothing was taken off the broken ring
+        q.set_avail_idx(base)
+        dev.resume_queue(0, base)
+    assert_device_works(dev, dut, shadow)
+
+
+def test_avail_index_exactly_a_ring_ahead_is_served(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """num entries at once (the same head each time) is a full ring, not an error."""
+    bufs = buffers(dev, (hdr(VIRTIO_BLK_T_GET_ID), False), (20, True), (1, True))
+    h, d, s = bufs.segments
+    descs = link([(h.gpa, 16, 0), (d.gpa, 20, W), (s.gpa, 1, W)])
+    out = raw.post(descs, [0] * raw.num, timeout=4 * dut.timeout)
+    assert used(out) == [(0, 21)] * raw.num
+    assert out.unexpected([span(d), span(s)]) == []
+    assert dev.memory.read(d.gpa, 20)[: len(dut.spec.device.serial)] == (
+        dut.spec.device.serial.encode()
+    )
+    assert_device_works(dev, dut, shadow)
+
+
+# ---- rings that are not set up ------------------------------------------------------------------
+
+
+def test_kick_before_the_ring_is_set_up_is_ignored_until_it_is(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk
+) -> None:
+    """Kicks with no ring, then with addresses but num 0, do nothing; setting num serves."""
+    with GuestMemory() as mem, VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
+        handshake(fe, mem)
+        q = SplitVirtqueue(mem, 0, 64)
+        req = Req.read(mem, READ_SECTOR, 4096, 2)
+        head = q.add_chain(req.chain)
+        q.publish(head)
+        watch = MemoryWatch(
+            mem,
+            [
+                (q.desc_gpa - 65536, q.used_gpa + 65536),
+                (req.segments[0].alloc_gpa, req.segments[-1].gpa + 65536),
+            ],
+        )
+        fe.set_vring_call(0, q.call_fd)
+        fe.set_vring_kick(0, q.kick_fd)
+        fe.set_vring_enable(0, True)
+        q.kick()
+        assert q.wait_used(settle(dut), 1) == []
+        fe.set_vring_addr(
+            0,
+            mem.gpa_to_uaddr(q.desc_gpa),
+            mem.gpa_to_uaddr(q.used_gpa),
+            mem.gpa_to_uaddr(q.avail_gpa),
+        )
+        q.kick()  # addresses set, num still 0
+        assert q.wait_used(settle(dut), 1) == []
+        assert watch.changes() == []
+        assert backend.alive()
+        fe.set_vring_base(0, 0)
+        fe.set_vring_num(0, 64)  # the ring becomes usable: the pending request is served
+        (u,) = q.wait_used(dut.timeout, 1)
+        assert (u.id, u.len) == (head, 4097)
+        assert req.status() == VIRTIO_BLK_S_OK
+        assert req.data_in() == shadow.expected(READ_SECTOR * 512, 4096)
+        assert req.check_guards() == []
+        q.close()
+
+
+@pytest.mark.parametrize("num", [0, 3, 100, "max*2", 0x8000_0000])
+def test_invalid_ring_size_drops_the_connection_and_the_backend_serves_the_next(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk, num: int | str
+) -> None:
+    """SET_VRING_NUM must be a power of two in 1..queue_size: else the frontend is dropped."""
+    value = 2 * dut.spec.device.queue_size if num == "max*2" else int(num)
+    with GuestMemory() as mem, VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
+        handshake(fe, mem)
+        with pytest.raises(VhostUserError):
+            fe.set_vring_num(0, value)
+            fe.get_features()  # without REPLY_ACK the drop shows here
+        with pytest.raises(VhostUserError):
+            fe.get_features()
+    assert backend.alive()
+    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
+        dev.connect(backend.socket_path)
+        assert_device_works(dev, dut, shadow)
+
+
+# ---- reset and disconnect under load -------------------------------------------------------------
+
+
+def _iterations(dut: DeviceUnderTest) -> int:
+    return 30 if dut.target.emulated else 100
+
+
+def _submit_load(dev: BlkDevice, dut: DeviceUnderTest, rng: random.Random) -> None:
+    """64 requests in flight: reads, and writes where the spec allows (disjoint sectors)."""
+    # Data segments per request: sector multiples (O_DIRECT), within the ring.
+    most = [n for n in (1, 2, 4) if n <= max(1, dev.queue_size // 64 - 2)]
+    for k in range(64):
+        sector = k * 64 + rng.randrange(0, 56)
+        if read_only(dut) or rng.random() < 0.5:
+            req = Req.read(dev.memory, sector, 4096, rng.choice(most))
+        else:
+            req = Req.write(dev.memory, sector, rng.randbytes(4096), rng.choice(most))
+        dev.submit(req, kick=False)
+    dev.queues[0].kick()
+
+
+def test_disconnect_with_64_requests_in_flight_repeatedly_never_hangs_or_leaks(
+    dev: BlkDevice, backend: Backend, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """Drop the frontend mid-load, over and over: bounded time, stable fds and RSS."""
+    rng = random.Random(1)
+    n = _iterations(dut)
+    warm = 5
+    fds = rss = 0
+    worst = 0.0
+    for i in range(n):
+        _submit_load(dev, dut, rng)
+        t0 = time.monotonic()
+        q = dev.queues[0]
+        used_gpa = q.used_gpa
+        assert dev.frontend is not None
+        dev.frontend.close()
+        # A new frontend's first reply proves the backend has reset the old connection.
+        with VhostUserFrontend(backend.socket_path, dut.timeout) as probe:
+            probe.get_features()
+            frozen = dev.memory.read_u16(used_gpa + 2)
+            time.sleep(0.002)
+            assert dev.memory.read_u16(used_gpa + 2) == frozen, "completion after disconnect"
+        dev.frontend = None
+        dev.disconnect()
+        dev.connect(backend.socket_path)
+        worst = max(worst, time.monotonic() - t0)
+        assert worst < dut.timeout, f"iteration {i}: disconnect took {worst:.1f}s"
+        if i == warm:
+            fds, rss = fd_count(backend.pid), rss_kib(backend.pid)
+    assert backend.alive()
+    assert fd_count(backend.pid) == fds
+    grown = rss_kib(backend.pid) - rss
+    assert grown < 2048 + _qemu_user_mapping_cost(dut, dev, n - warm), f"RSS grew {grown} KiB"
+    # Abandoned writes (sectors below WORK_SECTOR) may or may not have happened.
+    assert_device_works(dev, dut, shadow)
+
+
+def _qemu_user_mapping_cost(dut: DeviceUnderTest, dev: BlkDevice, maps: int) -> int:
+    """KiB qemu-user keeps per guest-memory mmap: about 24 bytes per page, never freed.
+
+    Measured: the host build's RSS is flat over 100 reconnects, the same C under
+    qemu-aarch64 grows ~384 KiB per 64 MiB mapping (VmSize too: qemu-user's page
+    descriptors). A leak of the mapping itself (64 MiB each) still fails.
+    """
+    if not dut.target.emulated:
+        return 0
+    pages = sum(r.size for r in dev.memory.regions) // 4096
+    return maps * pages * 32 // 1024
+
+
+def read_big(dev: BlkDevice, dut: DeviceUnderTest, sector: int, n: int) -> bytes:
+    """Read ``n`` bytes in 64 KiB requests whose segments respect size_max."""
+    seg = min(dut.spec.device.size_max, 65536)
+    out = []
+    for off in range(0, n, 65536):
+        k = min(65536, n - off)
+        c = dev.run(Req.read(dev.memory, sector + off // 512, k, -(-k // seg)))
+        assert (c.status, c.guard_errors) == (VIRTIO_BLK_S_OK, []), c
+        out.append(c.data)
+    return b"".join(out)
+
+
+def test_stopping_the_ring_with_64_requests_in_flight_completes_what_it_took_and_nothing_after(
+    dev: BlkDevice, backend: Backend, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """GET_VRING_BASE mid-load: used idx == base, frozen after the reply; resume finishes all."""
+    rng = random.Random(2)
+    n = _iterations(dut)
+    warm = 5
+    fds = rss = 0
+    for i in range(n):
+        _submit_load(dev, dut, rng)
+        if rng.random() < 0.5:
+            time.sleep(rng.random() * 0.002)
+        q = dev.queues[0]
+        t0 = time.monotonic()
+        base = dev.stop_queue(0)
+        took = time.monotonic() - t0
+        assert took < dut.timeout, f"iteration {i}: GET_VRING_BASE took {took:.1f}s"
+        frozen = q.used_idx
+        assert frozen == base, f"iteration {i}: used idx {frozen}, base {base}"
+        time.sleep(0.002)
+        assert q.used_idx == frozen, f"iteration {i}: completion after GET_VRING_BASE"
+        dev.resume_queue(0, base)
+        q.kick()
+        done = dev.complete()
+        assert len(done) == 64
+        for c in done:
+            assert (c.status, c.guard_errors) == (VIRTIO_BLK_S_OK, []), c
+            shadow.observe(c)
+        if i == warm:
+            fds, rss = fd_count(backend.pid), rss_kib(backend.pid)
+    assert fd_count(backend.pid) == fds
+    grown = rss_kib(backend.pid) - rss
+    assert grown < (8192 if dut.target.emulated else 2048), f"RSS grew {grown} KiB"
+    assert read_big(dev, dut, 0, 64 * 64 * 512) == shadow.expected(0, 64 * 64 * 512)
+    assert_device_works(dev, dut, shadow)
+
+
+# ---- durability ---------------------------------------------------------------------------------
+
+
+def _require_writable(dut: DeviceUnderTest) -> None:
+    if read_only(dut):
+        pytest.skip("read-only spec: nothing to make durable")
+
+
+def _killed(be: Backend) -> None:
+    be.kill()
+    be.returncode = 0  # killed on purpose: not a failure of teardown
+
+
+def test_flushed_writes_survive_sigkill_and_a_restart(
+    dut: DeviceUnderTest,
+    start_backend: Callable[..., Backend],
+    image: Path,
+) -> None:
+    """write + FLUSH, SIGKILL: the image and a restarted backend both hold the data."""
+    _require_writable(dut)
+    be = start_backend()
+    data = {s: os.urandom(4096) for s in (0, 1000, SECTORS - 8)}
+    with BlkDevice(timeout=dut.timeout) as dev:
+        dev.connect(be.socket_path)
+        for s, d in data.items():
+            assert dev.run(Req.write(dev.memory, s, d, 2)).ok
+        dev.flush()
+        _killed(be)
+    with image.open("rb") as f:
+        for s, d in data.items():
+            f.seek(s * 512)
+            assert f.read(4096) == d
+    be2 = start_backend()
+    with BlkDevice(timeout=dut.timeout) as dev:
+        dev.connect(be2.socket_path)
+        for s, d in data.items():
+            assert dev.run(Req.read(dev.memory, s, 4096)).data == d
+
+
+BLOCK = 4096
+BLOCKS = 512  # the first 2 MiB of the image
+
+
+def test_sigkill_during_a_write_heavy_run_leaves_every_block_old_or_new(
+    dut: DeviceUnderTest,
+    start_backend: Callable[..., Backend],
+    image: Path,
+    shadow: ShadowDisk,
+) -> None:
+    """Every 4 KiB block holds one of its versions, and at least its last flushed one."""
+    _require_writable(dut)
+    rng = random.Random(3)
+    be = start_backend()
+    # versions[b]: contents in write order; durable[b]: index of the newest version
+    # acknowledged before a FLUSH that completed.
+    versions = [[shadow.expected(b * BLOCK, BLOCK)] for b in range(BLOCKS)]
+    durable = [0] * BLOCKS
+    run_for = 0.5 if dut.target.emulated else 0.3
+    with BlkDevice(timeout=dut.timeout) as dev:
+        dev.connect(be.socket_path)
+        acked: list[tuple[int, int]] = []  # (block, version) acknowledged, not yet flushed
+        t0 = time.monotonic()
+        while True:
+            batch = rng.sample(range(BLOCKS), 32)  # distinct blocks: no two in flight per block
+            for b in batch:
+                data = rng.randbytes(BLOCK)
+                versions[b].append(data)
+                dev.submit(Req.write(dev.memory, b * 8, data, 2), kick=False)
+            dev.queues[0].kick()
+            if time.monotonic() - t0 > run_for:
+                _killed(be)  # 32 writes in flight
+                break
+            for c in dev.complete():
+                assert c.ok, c
+                b = c.request.sector // 8
+                acked.append((b, versions[b].index(c.request.payload)))
+            if rng.random() < 0.3:
+                dev.flush()
+                for b, v in acked:
+                    durable[b] = max(durable[b], v)
+                acked.clear()
+        dev.frontend = None  # the backend is gone
+    content = image.read_bytes()
+    assert len(content) == IMAGE_SIZE
+    torn = []
+    for b in range(BLOCKS):
+        got = content[b * BLOCK : (b + 1) * BLOCK]
+        if got not in versions[b][durable[b] :]:
+            torn.append(b)
+    assert torn == [], f"blocks neither a later-or-flushed version: {torn[:10]}"
+    assert content[BLOCKS * BLOCK :] == bytes(shadow.data[BLOCKS * BLOCK :])
+    be2 = start_backend()
+    with BlkDevice(timeout=dut.timeout) as dev:
+        dev.connect(be2.socket_path)
+        assert read_big(dev, dut, 0, BLOCKS * BLOCK) == content[: BLOCKS * BLOCK]
+
+
+def test_raw_outcome_reports_a_write_outside_the_allowed_ranges(dev: BlkDevice) -> None:
+    """Self-check of the snapshot machinery: a byte we change ourselves is reported."""
+    bufs, _entries = _read_chain(dev)
+    _h, d, _s = bufs.segments
+    watch = MemoryWatch(dev.memory, [(d.gpa - 4096, d.gpa + 4096)])  # not the rings: live
+    dev.memory.write(d.gpa + 7, b"\x00")
+    dev.memory.write(d.gpa - 1, b"\x00")
+    assert watch.changes() == [(d.gpa - 1, d.gpa), (d.gpa + 7, d.gpa + 8)]
+    assert Outcome([UsedElem(0, 0)], watch.changes()).unexpected([span(d)]) == [
+        f"{d.gpa - 1:#x}..{d.gpa:#x} (1 bytes)"
+    ]
+
+
+def test_an_index_past_a_table_that_ends_guest_memory_is_refused_without_reading_it(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk
+) -> None:
+    """The descriptor table fills its region exactly: entry num lies past the mapping."""
+    size = 256  # 16 * 256 bytes: one page, the whole first region
+    if dut.spec.device.queue_size < size:
+        pytest.skip("the spec's queues are smaller than one page of descriptors")
+    memory = GuestMemory([(0x1000_0000, 16 * size), (0x2000_0000, 32 * 1024 * 1024)])
+    d = dut.driver(memory=memory, queue_size=size)
+    try:
+        d.connect(backend.socket_path)
+        assert d.queues[0].desc_gpa == 0x1000_0000  # the table ends region 0
+        raw = RawQueue(d)
+        _bufs, entries = _read_chain(d)
+        for head in (size, size + 1, 0xFFFF):
+            out = raw.post(link(entries), [head])
+            assert used(out) == [(head, 0)]
+            assert out.unexpected() == []
+        assert backend.alive()
+        assert_device_works(d, dut, shadow)
+    finally:
+        d.close()
+
+
+def test_data_on_both_sides_of_a_read_is_refused_and_the_readable_part_kept(
+    dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk, backend: Backend
+) -> None:
+    """IN with a device-readable and a device-writable data buffer: IOERR, used len 1."""
+    bufs = buffers(dev, (hdr(VIRTIO_BLK_T_IN), False), (512, False), (512, True), (1, True))
+    h, rd, wr, st = bufs.segments
+    chain = [(h.gpa, 16, 0), (rd.gpa, 512, 0), (wr.gpa, 512, W), (st.gpa, 1, W)]
+    out = raw.post(link(chain), [0])
+    assert used(out) == [(0, 1)]
+    assert dev.memory.read(st.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
+    assert out.unexpected([span(st)]) == []
+    assert bufs.check_guards() == []
+    assert backend.alive()
+    assert_device_works(dev, dut, shadow)

@@ -1,0 +1,159 @@
+"""The board workflow: spec -> hvisor-tool build -> deployed binary (called by tasks.py).
+
+Glue between the project layout, `toolchain.hvisor` (installing the pair
+into an hvisor-tool tree and building `hvisor`) and `toolchain.flash`
+(deploying a binary with a manifest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from . import flash, hvisor
+from .proc import first_line, sha256_file
+from .project import Layout
+from .spec import spec_paths
+from .targets import load_target
+
+BOARD_TARGET = "rk3588"
+
+
+def hvisor_dir(layout: Layout, spec: str) -> Path:
+    """build/hvisor/<spec>/: the built hvisor binary, make.log, hvisor.json."""
+    return layout.build_dir / "hvisor" / spec
+
+
+def spec_file(layout: Layout, spec: str) -> Path:
+    """The YAML file of a spec name (or path)."""
+    return spec_paths(layout.spec_dir, [spec])[0]
+
+
+def make_settings(jobs: int, timeout: float = 900.0, log: str = "LOG_INFO") -> hvisor.MakeSettings:
+    """hvisor-tool make settings with the board target's cross compiler."""
+    return hvisor.MakeSettings(cc=load_target(BOARD_TARGET).cc, jobs=jobs, timeout=timeout, log=log)
+
+
+def build_hvisor(
+    layout: Layout, tree: Path, spec: str, jobs: int, timeout: float = 900.0
+) -> hvisor.BuildReport:
+    """Install generated/<spec>/'s pair into tree and build hvisor into build/hvisor/<spec>/."""
+    path = spec_file(layout, spec)
+    name = path.stem
+    return hvisor.install_and_build(
+        tree,
+        layout.generated_for(name),
+        name,
+        sha256_file(path),
+        hvisor_dir(layout, name),
+        make_settings(jobs, timeout),
+    )
+
+
+def facts(layout: Layout, spec: str, compiler: str) -> dict[str, object]:
+    """Manifest fields common to every artifact."""
+    path = spec_file(layout, spec)
+    return {
+        "spec": path.stem,
+        "spec_sha256": sha256_file(path),
+        "toolkit_revision": flash.git_revision(layout.root),
+        "target": BOARD_TARGET,
+        "compiler": compiler,
+    }
+
+
+def hvisor_artifact(layout: Layout, spec: str) -> flash.Artifact:
+    """build/hvisor/<spec>/hvisor, which `invoke hvisor` made; FlashError if missing or stale."""
+    name = spec_file(layout, spec).stem
+    out = hvisor_dir(layout, name)
+    binary = out / "hvisor"
+    record = hvisor.load_build_record(out)
+    if not binary.is_file() or record is None:
+        raise flash.FlashError(
+            f"{binary} does not exist; build it first: "
+            f"invoke hvisor --tree PATH/TO/hvisor-tool --spec {name}"
+        )
+    current = sha256_file(spec_file(layout, spec))
+    if record.get("spec_sha256") != current:
+        raise flash.FlashError(
+            f"{binary} was built from an older spec/{name}.yaml; rebuild it: "
+            f"invoke gen && invoke hvisor --tree {record.get('tree')} --spec {name}"
+        )
+    if record.get("sha256") != sha256_file(binary):
+        raise flash.FlashError(f"{binary} does not match {out / 'hvisor.json'}; rebuild it")
+    info = facts(layout, name, str(record.get("compiler", "")))
+    info["hvisor_tool"] = {
+        "tree": record.get("tree"),
+        "revision": record.get("tree_revision") or "not a git checkout",
+        "make": record.get("command"),
+    }
+    return flash.Artifact(binary, "hvisor", info)
+
+
+def vhost_artifact(layout: Layout, spec: str) -> flash.Artifact:
+    """build/rk3588/<spec>/vhost-user-blk (the caller builds it first if missing)."""
+    name = spec_file(layout, spec).stem
+    binary = layout.build_for(BOARD_TARGET, name) / "vhost-user-blk"
+    if not binary.is_file():
+        raise flash.FlashError(f"{binary} does not exist; run: invoke build --spec {name}")
+    compiler = first_line([load_target(BOARD_TARGET).cc, "--version"])
+    return flash.Artifact(binary, "vhost-user-blk", facts(layout, name, compiler))
+
+
+def site_for(dest: str, artifact: str, config: Mapping[str, object]) -> flash.Site:
+    """A deployment site for DEST, with ssh options and timeouts from invoke config."""
+
+    def get(key: str, default: object) -> object:
+        value = config.get(key, default)
+        return default if value is None else value
+
+    raw = get("ssh_options", [])
+    ssh = flash.SshOptions(
+        identity_file=str(get("ssh_identity_file", "")),
+        port=int(str(get("ssh_port", 0))),
+        strict_host_key_checking=str(get("ssh_strict_host_key_checking", "accept-new")),
+        known_hosts_file=str(get("ssh_known_hosts_file", "")),
+        connect_timeout=int(str(get("ssh_connect_timeout", 10))),
+        options=tuple(str(o) for o in raw) if isinstance(raw, list | tuple) else (),
+    )
+    timeouts = flash.Timeouts(
+        command=float(str(get("command_timeout", 120))),
+        transfer=float(str(get("transfer_timeout", 600))),
+        restart=float(str(get("restart_timeout", 120))),
+    )
+    return flash.make_site(flash.parse_dest(dest, artifact), timeouts, ssh)
+
+
+def format_build(report: hvisor.BuildReport, root: Path) -> str:
+    """What `invoke hvisor` prints after a successful build."""
+
+    def rel(p: str) -> str:
+        path = Path(p)
+        return str(path.relative_to(root)) if path.is_relative_to(root) else p
+
+    if not report.git:
+        checked = "not a git checkout: the uncommitted-changes check did not apply"
+    elif report.reinstalled:
+        checked = f"git checkout at {report.tree_revision}: its pair changes were blkgen's own"
+    else:
+        checked = f"git checkout at {report.tree_revision}: the pair had no uncommitted changes"
+    ours = "none" if not report.pair_warnings else "\n    ".join(report.pair_warnings)
+    return "\n".join(
+        [
+            f"tree:      {report.tree} ({checked})",
+            f"installed: generated/{report.spec}/virtio_blk.{{c,h}} -> "
+            f"{hvisor.TREE_C}, {hvisor.TREE_H}"
+            + (" (replacing an earlier blkgen install)" if report.reinstalled else ""),
+            f"originals: kept in {report.tree}/{hvisor.STATE_DIR}/ "
+            "(invoke hvisor --tree PATH --restore puts them back)",
+            f"command:   {report.command}",
+            f"compiler:  {report.compiler}",
+            f"binary:    {rel(report.binary)} (from {report.tree_binary})",
+            f"size:      {report.size} bytes",
+            f"sha256:    {report.sha256}",
+            f"warnings in the pair: {ours}",
+            f"warnings elsewhere in hvisor-tool: {report.other_warnings} (upstream's own)",
+            f"log:       {rel(report.log)}",
+            f"time:      {report.seconds:.1f}s",
+        ]
+    )

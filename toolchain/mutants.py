@@ -1,0 +1,166 @@
+"""Mutation check: every hardening rule has a test that fails without the rule.
+
+Each mutant removes one check from a generated virtio_blk.c (the text it
+replaces must be found exactly once, so a template change cannot silently
+turn a mutant into a no-op), is built for the host, and the test named for
+that rule is run against it with pytest. A mutant the test does not catch
+("survived") means the rule is untested. hvisor-tool HEAD's device lacks
+most of these checks (hvisor-api.md §7, §11), so the killed mutants are the
+tests that fail against HEAD's semantics.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .build import build
+from .targets import load_target
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One check removed: find -> replace in virtio_blk.c; test must then fail."""
+
+    name: str
+    rule: str
+    find: str
+    replace: str
+    test: str  # pytest -k expression selecting the rule's test(s)
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "no-index-bound",
+        "descriptor index < queue size, chain length <= queue size",
+        "if (idx >= size || seen >= size)",
+        "if (0)",
+        "test_bad_index_or_loop or test_an_index_past_a_table_that_ends_guest_memory",
+    ),
+    Mutant(
+        "start-only-translation",
+        "every buffer lies inside one region (both ends translated)",
+        "if (first == NULL || last == NULL || last < first ||\n"
+        "        (uint64_t)(last - first) != len - 1)",
+        "if (first == NULL)",
+        "test_buffer_not_inside_one_region",
+    ),
+    Mutant(
+        "any-header-size",
+        "header exactly 16 bytes",
+        "if (len != sizeof(BlkReqHead))\n                    return false;",
+        "",
+        "test_malformed_request_gets_ioerr",
+    ),
+    Mutant(
+        "any-status-size",
+        "status exactly 1 byte",
+        "req->iov[nread + nwrite - 1].iov_len != 1",
+        "0",
+        "test_malformed_request_gets_ioerr",
+    ),
+    Mutant(
+        "data-on-both-sides",
+        "data on the side the request type requires",
+        "(nread != 0 && nwrite != 0)",
+        "0",
+        "test_data_on_both_sides_of_a_read",
+    ),
+    Mutant(
+        "readable-after-writable",
+        "device-readable buffers come first",
+        "} else if (nwrite != 0) {\n"
+        "                return false; /* readable buffers must come first */\n",
+        "",
+        "test_malformed_request_gets_ioerr",
+    ),
+    Mutant(
+        "no-segment-size-limit",
+        "no segment above size_max",
+        "if (req->iov[i].iov_len > BLK_SEGMENT_BYTES_MAX)",
+        "if (0)",
+        "test_a_segment_of_size_max",
+    ),
+    Mutant(
+        "no-sector-bound",
+        "sector range checked against capacity, image never grows",
+        "req->sector <= dev->capacity && nsect <= dev->capacity - req->sector",
+        "1",
+        "test_sector_range_outside_the_disk",
+    ),
+    Mutant(
+        "no-avail-runaway-check",
+        "avail index more than a ring ahead: leave the ring alone until reset",
+        "if (pending > vq->num) {",
+        "if (0) {",
+        "test_avail_index_more_than_a_ring_ahead",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What happened to one mutant."""
+
+    mutant: Mutant
+    killed: bool
+    detail: str
+
+
+def make_source(original: str, mutant: Mutant) -> str:
+    """The mutated source; ValueError unless the text occurs exactly once."""
+    count = original.count(mutant.find)
+    if count != 1:
+        raise ValueError(f"mutant '{mutant.name}': expected 1 match in virtio_blk.c, found {count}")
+    return original.replace(mutant.find, mutant.replace)
+
+
+def _pytest(
+    root: Path, spec: str, tests: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         "--targets", "host", "tests/test_hostile_guest.py",
+         "-k", f"({tests}) and {spec} and host"],
+        cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+
+
+def run(root: Path, spec: str, mutants: tuple[Mutant, ...] = MUTANTS) -> list[Verdict]:
+    """Build and test every mutant of generated/<spec>; one verdict each.
+
+    The selected tests must first pass on the unmutated device, so a failure
+    can only come from the removed check.
+    """
+    generated = root / "generated" / spec
+    original = (generated / "virtio_blk.c").read_text()
+    host = load_target("host")
+    baseline = _pytest(root, spec, " or ".join(sorted({m.test for m in mutants})), {})
+    if baseline.returncode != 0:
+        raise RuntimeError(
+            f"the rules' tests fail on the unmutated device:\n{baseline.stdout[-2000:]}"
+        )
+    verdicts = []
+    for mutant in mutants:
+        work = root / "build" / "mutants" / spec / mutant.name
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "src").mkdir(parents=True)
+        (work / "src" / "virtio_blk.c").write_text(make_source(original, mutant))
+        shutil.copy(generated / "virtio_blk.h", work / "src" / "virtio_blk.h")
+        # A removed check can leave a variable unused: warnings stay warnings.
+        binary = build(host, work / "src", work / "bin", ("-Wno-error",)).binary
+        proc = _pytest(
+            root, spec, mutant.test,
+            {"BLKGEN_MUTANT_BINARY": str(binary), "BLKGEN_MUTANT_SPEC": spec},
+        )  # fmt: skip
+        (work / "pytest.log").write_text(proc.stdout + proc.stderr)
+        tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        if proc.returncode == 5:
+            raise RuntimeError(f"mutant '{mutant.name}': no test matched '{mutant.test}'")
+        verdicts.append(Verdict(mutant, killed=proc.returncode != 0, detail=tail))
+    return verdicts
