@@ -50,14 +50,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+_TARGET_OF_ITEM: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Remember which build target each device test runs on."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "dut" in callspec.params:
+            _TARGET_OF_ITEM[item.nodeid] = callspec.params["dut"][1]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how many device tests ran each target (rk3588 = under qemu-aarch64)."""
     names = selected_targets(terminalreporter.config)
     counts = dict.fromkeys(names, 0)
     for report in terminalreporter.stats.get("passed", []):
-        for target in counts:
-            if re.search(rf"@{re.escape(target)}\]", report.nodeid):
-                counts[target] += 1
+        target = _TARGET_OF_ITEM.get(report.nodeid)
+        if target in counts:
+            counts[target] += 1
     if any(counts.values()):
         where = {"rk3588": "the rk3588 build under qemu-aarch64"}
         parts = [f"{n} on {where.get(t, f'the {t} build')}" for t, n in counts.items()]
