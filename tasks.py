@@ -46,6 +46,7 @@ APT_PACKAGES = [
     "git",
     "clang-14",
     "libclang-rt-14-dev",
+    "qemu-system-arm",  # invoke e2e --arch arm64 (qemu-system-aarch64)
 ]
 
 
@@ -88,6 +89,14 @@ def setup(c: Context, python_only: bool = False) -> None:
             )
         else:
             _step("Debian packages: all present")
+    if not python_only:
+        from toolchain.e2e import cli as e2e_cli
+        from toolchain.e2e.debian import DebianError
+
+        try:  # the e2e guest's packages are apt-get downloaded for amd64 and arm64
+            e2e_cli.prepare_host(_step)
+        except DebianError as exc:
+            raise _fail(str(exc)) from None
     _step("Python packages")
     c.run(f"{shlex.quote(sys.executable)} -m pip install -q -r {ROOT / 'requirements.txt'}")
     for program in ("clang-format-14", "aarch64-linux-gnu-gcc", "qemu-aarch64", "gcc"):
@@ -433,6 +442,65 @@ def bench(
     print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
+@task(
+    help={
+        "spec": "spec whose backend the guest drives; default from invoke.yaml (virtio-blk)",
+        "target": "backend build: host (native) or rk3588 (under qemu-aarch64); "
+        "default host for an amd64 guest, rk3588 for arm64",
+        "arch": "guest: amd64 (q35 / microvm) or arm64 (virt, -cpu max); default amd64",
+        "transport": "pci or mmio (virtio-mmio, as hvisor's guests use); default pci",
+        "jobs": "comma-separated fio jobs: verify,randread,seqread (default all three)",
+        "peer": "ours (default), qsd (qemu-storage-daemon) or builtin (QEMU's virtio-blk)",
+        "matrix": "default + procq x amd64/arm64 x pci/mmio, and the peers; one table",
+        "verify-mib": "MiB the verify job writes and checks (default 64)",
+        "runtime": "seconds of each timed job (default 5)",
+        "cpus": "guest CPUs (default 2)",
+    }
+)
+def e2e(
+    c: Context,
+    spec: str = "",
+    target: str = "",
+    arch: str = "amd64",
+    transport: str = "pci",
+    jobs: str = "verify,randread,seqread",
+    peer: str = "ours",
+    matrix: bool = False,
+    verify_mib: int = 64,
+    runtime: int = 5,
+    cpus: int = 2,
+) -> None:
+    """Boot a Linux guest (virtio_blk + fio) against the backend; build/e2e/<timestamp>/."""
+    from toolchain.e2e import cli as e2e_cli
+    from toolchain.e2e.debian import DebianError
+    from toolchain.e2e.image import ImageError
+
+    name = spec or str(_cfg(c, "spec"))
+    gen(c, spec=None if matrix else [name])
+    try:
+        result = e2e_cli.run(
+            LAYOUT,
+            spec=name,
+            target=target,
+            arch=arch,
+            transport=transport,
+            jobs=jobs,
+            peer=peer,
+            matrix=matrix,
+            verify_mib=verify_mib,
+            runtime=runtime,
+            cpus=cpus,
+            command=shlex.join(["invoke", *sys.argv[1:]]),
+            progress=lambda line: print(line, flush=True),
+        )
+    except (ValueError, BuildError, MissingTool, SpecError, DebianError, ImageError) as exc:
+        raise _fail(str(exc)) from None
+    print((result.out / "report.md").read_text())
+    print(f"results: {result.out.relative_to(ROOT)}")
+    if not result.ok:
+        raise _fail("e2e failed (see Failures above)")
+
+
 @task
 def clean(c: Context) -> None:
     """Remove build/ (generated/ is committed and stays)."""
@@ -444,6 +512,7 @@ ns = Collection(setup, gen, build, test, fuzz, mutants, fmt, ci, clean)
 ns.add_task(hvisor_task)
 ns.add_task(flash_task)
 ns.add_task(bench)
+ns.add_task(e2e)
 ns.configure(
     {
         "blkgen": {

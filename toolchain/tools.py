@@ -13,6 +13,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "qemu-aarch64": "qemu-user",
     "gcc": "gcc",
     "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-system-aarch64": "qemu-system-arm",
     "qemu-storage-daemon": "qemu-system-common",
     "clang-14": "clang-14",
 }
