@@ -178,13 +178,14 @@ class BlkRequest:
         sector: int = 0,
         payload: bytes = b"",
         region: int | None = None,
+        align: int = 1,
     ) -> None:
         self.memory = memory
         self.type = type_
         self.sector = sector
         self.payload = payload  # OUT data, or discard/write-zeroes segments
         self.segments: list[Segment] = []
-        align = max(16, memory.io_align)
+        align = max(16, memory.io_align, align)
         lead = -(-GUARD_LEN // align) * align  # the guard just before aligned data
         for content, writable in parts:
             data = bytes([POISON]) * content if isinstance(content, int) else bytes(content)

@@ -17,17 +17,14 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .blk import (
     F_PROTOCOL_FEATURES,
-    GUARD,
-    GUARD_LEN,
     KNOWN_FEATURES,
-    POISON,
     WANTED_PROTOCOL_FEATURES,
     BlkDevice,
     BlkRequest,
-    Segment,
 )
 from .memory import GuestMemory
 from .vhost_user import VhostUserFrontend
@@ -394,31 +391,9 @@ class AlignedRequest(BlkRequest):
     ALIGN = 4096
 
     def __init__(
-        self,
-        memory: GuestMemory,
-        parts: Sequence[tuple[bytes | int, bool]],
-        *,
-        type_: int | None = None,
-        sector: int = 0,
-        payload: bytes = b"",
-        region: int | None = None,
+        self, memory: GuestMemory, parts: Sequence[tuple[bytes | int, bool]], **kwargs: Any
     ) -> None:
-        super().__init__(memory, [], type_=type_, sector=sector, payload=payload, region=region)
-        self._bases: list[int] = []
-        for content, writable in parts:
-            data = bytes([POISON]) * content if isinstance(content, int) else bytes(content)
-            base = memory.alloc(self.ALIGN + len(data) + GUARD_LEN, self.ALIGN, region)
-            gpa = base + self.ALIGN
-            memory.write(gpa - GUARD_LEN, GUARD + data + GUARD)
-            self._bases.append(base)
-            self.segments.append(Segment(gpa, len(data), writable, gpa - GUARD_LEN, data))
-
-    def free(self) -> None:
-        """Release the request's guest memory."""
-        for base in self._bases:
-            self.memory.free(base)
-        self._bases = []
-        self.segments = []
+        super().__init__(memory, parts, align=self.ALIGN, **kwargs)
 
 
 def u64(value: int) -> bytes:
