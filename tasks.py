@@ -109,8 +109,6 @@ def setup(c: Context, python_only: bool = False) -> None:
 
 
 def _is_root() -> bool:
-    import os
-
     return os.geteuid() == 0
 
 

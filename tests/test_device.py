@@ -24,15 +24,12 @@ from toolchain.guest.blk import (
     VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_GET_ID,
 )
+from toolchain.guest.hostile import fd_count
 
 from .conftest import IMAGE_SIZE, DeviceUnderTest
 
 SECTORS = IMAGE_SIZE // 512
 F_PROTOCOL_FEATURES = 30
-
-
-def _fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 # ---- identity and configuration -------------------------------------------
@@ -236,11 +233,11 @@ def test_disconnect_and_reconnect_keeps_the_data_and_does_not_leak(
     data = os.urandom(4096)
     dev.write(10, data)
     dev.reconnect()
-    fds = _fd_count(backend.pid)
+    fds = fd_count(backend.pid)
     for _ in range(20):
         dev.reconnect()
         assert dev.read(10, 4096) == data
-    assert _fd_count(backend.pid) == fds
+    assert fd_count(backend.pid) == fds
 
 
 def test_disconnect_with_requests_in_flight_then_reconnect_works(

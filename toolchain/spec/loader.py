@@ -65,11 +65,11 @@ def _convert(
             key = key_node.value
             m = _mark(key_node)
             if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
-                problems.append(Problem(file, m.line, m.col, _dotted(loc), "keys must be strings"))
+                problems.append(Problem(file, m.line, m.col, dotted(loc), "keys must be strings"))
                 continue
             if key in out:
                 problems.append(
-                    Problem(file, m.line, m.col, _dotted((*loc, key)), f"duplicate key '{key}'")
+                    Problem(file, m.line, m.col, dotted((*loc, key)), f"duplicate key '{key}'")
                 )
                 continue
             key_marks[(*loc, key)] = m
@@ -84,7 +84,8 @@ def _convert(
     return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
-def _dotted(loc: KeyPath) -> str:
+def dotted(loc: KeyPath) -> str:
+    """A key path as users write it: device.queue_size (or '(top level)')."""
     return ".".join(str(p) for p in loc) if loc else "(top level)"
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import rules
 from .errors import Problem, SpecError, did_you_mean, quoted
-from .loader import KeyPath, LoadedYaml, load_yaml
+from .loader import KeyPath, LoadedYaml, dotted, load_yaml
 from .model import Spec, SpecBody
 
 _TYPE_NAMES = {
@@ -95,15 +95,11 @@ def _message(err: dict[str, Any]) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def _dotted(loc: KeyPath) -> str:
-    return ".".join(str(p) for p in loc) if loc else "(top level)"
-
-
 def _problem(
     src: LoadedYaml, display: str, loc: KeyPath, message: str, at_key: bool = False
 ) -> Problem:
     mark = src.mark_for(loc, at_key)
-    return Problem(display, mark.line, mark.col, _dotted(loc), message)
+    return Problem(display, mark.line, mark.col, dotted(loc), message)
 
 
 def _display_path(path: Path, root: Path | None) -> str:
