@@ -104,7 +104,8 @@ FZ_HARNESS static long fz_host_off(uint64_t gpa) {
 }
 
 /* runtime.h, transport side: the fuzzer's memory table. */
-FZ_HARNESS void *rt_gpa_to_hva(uint64_t gpa) {
+FZ_HARNESS void *rt_gpa_to_hva(uint64_t gpa, int zone_id) {
+    (void)zone_id;
     long off = fz_host_off(gpa);
     return off < 0 ? NULL : fz_host + off;
 }
@@ -439,9 +440,9 @@ FZ_HARNESS int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     vq.desc_table_addr = FZ_GPA_BASE + FZ_DESC_OFF;
     vq.avail_addr = FZ_GPA_BASE + FZ_AVAIL_OFF;
     vq.used_addr = FZ_GPA_BASE + FZ_USED_OFF;
-    vq.desc_table = rt_gpa_to_hva(vq.desc_table_addr);
-    vq.avail_ring = rt_gpa_to_hva(vq.avail_addr);
-    vq.used_ring = rt_gpa_to_hva(vq.used_addr);
+    vq.desc_table = rt_gpa_to_hva(vq.desc_table_addr, 0);
+    vq.avail_ring = rt_gpa_to_hva(vq.avail_addr, 0);
+    vq.used_ring = rt_gpa_to_hva(vq.used_addr, 0);
     vq.last_avail_idx = last_avail;
     vq.last_used_idx = used_idx;
     vq.event_idx_enabled =

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Self
 
 from .memory import GuestMemory
-from .vhost_user import F_PROTOCOL_FEATURES, ProtocolFeature, VhostUserFrontend
+from .transport import Transport, TransportError, VhostUserTransport
+from .vhost_user import F_PROTOCOL_FEATURES, VhostUserFrontend
 from .virtq import BufferSpec, SplitVirtqueue, VirtqueueError
 
 SECTOR_SIZE = 512
@@ -68,10 +69,6 @@ KNOWN_FEATURES = sum(
         VIRTIO_F_VERSION_1,
         F_PROTOCOL_FEATURES,
     )
-)
-#: vhost-user protocol features this driver asks for when offered.
-WANTED_PROTOCOL_FEATURES = sum(
-    1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
 )
 
 HEADER = struct.Struct("<IIQ")
@@ -324,7 +321,7 @@ class Completion:
 
 
 class BlkDevice:
-    """A virtio-blk driver speaking vhost-user to a backend."""
+    """A virtio-blk driver over any :class:`~toolchain.guest.transport.Transport`."""
 
     def __init__(
         self,
@@ -342,11 +339,9 @@ class BlkDevice:
         self.timeout = timeout
         self.feature_mask = feature_mask
         self.indirect = indirect  # submit through indirect tables by default
-        self.socket_path: str | None = None
-        self.frontend: VhostUserFrontend | None = None
+        self.transport: Transport | None = None
         self.offered_features = 0
         self.features = 0
-        self.protocol_features = 0
         self.max_queues = 1
         self.queues: list[SplitVirtqueue] = []
         self._inflight: list[dict[int, BlkRequest]] = []
@@ -355,54 +350,78 @@ class BlkDevice:
 
     @property
     def fe(self) -> VhostUserFrontend:
-        """The live frontend (raises if disconnected)."""
-        if self.frontend is None:
+        """The live vhost-user frontend (raises if disconnected or on another transport)."""
+        if not isinstance(self.transport, VhostUserTransport):
+            raise BlkError(
+                "not connected"
+                if self.transport is None
+                else f"{self.transport.name}: not a vhost-user connection"
+            )
+        return self.transport.frontend
+
+    @property
+    def frontend(self) -> VhostUserFrontend | None:
+        """The vhost-user frontend, or None (disconnected, or another transport)."""
+        return self.transport.frontend if isinstance(self.transport, VhostUserTransport) else None
+
+    @property
+    def protocol_features(self) -> int:
+        """vhost-user protocol features negotiated (0 on other transports)."""
+        return (
+            self.transport.protocol_features
+            if isinstance(self.transport, VhostUserTransport)
+            else 0
+        )
+
+    @property
+    def transport_name(self) -> str:
+        """'vhost-user', 'hvisor', ... (of the live transport)."""
+        if self.transport is None:
             raise BlkError("not connected")
-        return self.frontend
+        return self.transport.name
 
     def connect(self, socket_path: str, connect_timeout: float = 10.0) -> None:
-        """Full handshake: features, protocol features, owner, memory table, queues."""
-        self.socket_path = socket_path
-        fe = VhostUserFrontend(socket_path, self.timeout, connect_timeout)
-        self.frontend = fe
-        self.offered_features = fe.get_features()
-        self.protocol_features = 0
-        self.max_queues = 1
-        if self.offered_features & (1 << F_PROTOCOL_FEATURES):
-            self.protocol_features = fe.get_protocol_features() & WANTED_PROTOCOL_FEATURES
-            fe.set_protocol_features(self.protocol_features)
-            if self.protocol_features & (1 << ProtocolFeature.MQ):
-                self.max_queues = fe.get_queue_num()
+        """vhost-user: connect to ``socket_path`` and initialise the device."""
+        self.attach(VhostUserTransport(socket_path, self.timeout, connect_timeout))
+
+    def attach(self, transport: Transport) -> None:
+        """Initialise the device through ``transport``: features, memory, queues, live."""
+        self.transport = transport
+        self.offered_features, self.max_queues = transport.begin()
         if self.num_queues > self.max_queues:
             raise BlkError(f"backend supports {self.max_queues} queues, asked {self.num_queues}")
-        fe.set_owner()
         self.features = self.offered_features & KNOWN_FEATURES & self.feature_mask
-        fe.set_features(self.features)
-        fe.set_mem_table(self.memory)
+        transport.set_features(self.features, self.memory)
         event_idx = bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX))
         self.queues = [
-            SplitVirtqueue(self.memory, i, self.queue_size, event_idx)
+            SplitVirtqueue(self.memory, i, self.queue_size, event_idx, transport.signals(i))
             for i in range(self.num_queues)
         ]
         self._inflight = [{} for _ in self.queues]
         for q in self.queues:
-            q.setup(fe)
+            transport.setup_queue(q)
+        transport.start()
 
     def has_feature(self, bit: int) -> bool:
         """Whether feature ``bit`` was negotiated."""
         return bool(self.features >> bit & 1)
 
     def config(self) -> BlkConfig:
-        """Read and decode the device config space (needs protocol CONFIG)."""
-        if not self.protocol_features & (1 << ProtocolFeature.CONFIG):
-            raise BlkError("backend did not offer VHOST_USER_PROTOCOL_F_CONFIG")
-        return BlkConfig.parse(self.fe.get_config(0, BlkConfig.SIZE))
+        """Read and decode the device config space."""
+        if self.transport is None:
+            raise BlkError("not connected")
+        try:
+            return BlkConfig.parse(self.transport.read_config(BlkConfig.SIZE))
+        except TransportError as e:
+            raise BlkError(str(e)) from None
 
     def disconnect(self) -> None:
-        """Drop the connection and the queues; outstanding requests are abandoned."""
-        if self.frontend is not None:
-            self.frontend.close()
-            self.frontend = None
+        """Stop using the device (vhost-user: drop the connection; mmio: reset it).
+
+        Outstanding requests are abandoned.
+        """
+        if self.transport is not None:
+            self.transport.close()
         for q, inflight in zip(self.queues, self._inflight, strict=True):
             for req in inflight.values():
                 req.free()
@@ -411,15 +430,17 @@ class BlkDevice:
         self._inflight = []
 
     def reconnect(self, connect_timeout: float = 10.0) -> None:
-        """Disconnect and run the full handshake again on the same socket."""
-        if self.socket_path is None:
+        """Disconnect and initialise the same device again."""
+        if self.transport is None:
             raise BlkError("never connected")
+        old = self.transport
         self.disconnect()
-        self.connect(self.socket_path, connect_timeout)
+        self.attach(old.reopen())
 
     def close(self) -> None:
         """Disconnect and release guest memory."""
         self.disconnect()
+        self.transport = None
         self.memory.close()
 
     def __enter__(self) -> Self:
@@ -431,12 +452,19 @@ class BlkDevice:
     # -- queue control ----------------------------------------------------------------
 
     def stop_queue(self, i: int) -> int:
-        """GET_VRING_BASE: stop queue ``i`` and return the backend's next avail index."""
-        return self.fe.get_vring_base(i)
+        """vhost-user GET_VRING_BASE: stop queue ``i``; return the backend's next avail index."""
+        if self.transport is None:
+            raise BlkError("not connected")
+        try:
+            return self.transport.stop_queue(i)
+        except TransportError as e:
+            raise BlkError(str(e)) from None
 
     def resume_queue(self, i: int, base: int) -> None:
         """Re-send the ring setup for queue ``i`` starting at ``base``."""
-        self.queues[i].setup(self.fe, base)
+        if self.transport is None:
+            raise BlkError("not connected")
+        self.transport.setup_queue(self.queues[i], base)
 
     # -- I/O ----------------------------------------------------------------------------
 

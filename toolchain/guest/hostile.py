@@ -22,11 +22,11 @@ from typing import Any
 from .blk import (
     F_PROTOCOL_FEATURES,
     KNOWN_FEATURES,
-    WANTED_PROTOCOL_FEATURES,
     BlkDevice,
     BlkRequest,
 )
 from .memory import GuestMemory
+from .transport import WANTED_PROTOCOL_FEATURES
 from .vhost_user import VhostUserFrontend
 from .virtq import (
     DESC,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import select
 import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .vhost_user import eventfd
+from .transport import EventfdSignals, Signals, TransportError
 
 if TYPE_CHECKING:
     from .memory import GuestMemory
@@ -48,7 +47,14 @@ def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
 class SplitVirtqueue:
     """A split virtqueue owned by the driver (us), with its own eventfds."""
 
-    def __init__(self, memory: GuestMemory, index: int, size: int, event_idx: bool = False) -> None:
+    def __init__(
+        self,
+        memory: GuestMemory,
+        index: int,
+        size: int,
+        event_idx: bool = False,
+        signals: Signals | None = None,
+    ) -> None:
         if size <= 0 or size > 32768 or size & (size - 1):
             raise VirtqueueError(f"queue size {size} must be a power of two <= 32768")
         self.memory = memory
@@ -61,8 +67,7 @@ class SplitVirtqueue:
         memory.fill(self.desc_gpa, 16 * size, 0)
         memory.fill(self.avail_gpa, 6 + 2 * size, 0)
         memory.fill(self.used_gpa, 6 + 8 * size, 0)
-        self.kick_fd = eventfd()
-        self.call_fd = eventfd()
+        self.signals = signals if signals is not None else EventfdSignals()
         self._avail_idx = 0  # driver's shadow of avail->idx (free-running)
         self.last_used = 0  # used idx up to which we have consumed
         self.notifications = 0  # call eventfd reads that returned a count
@@ -70,6 +75,21 @@ class SplitVirtqueue:
         self._chains: dict[int, tuple[list[int], int | None]] = {}
 
     # -- control plane --------------------------------------------------------
+
+    @property
+    def kick_fd(self) -> int:
+        """vhost-user's kick eventfd."""
+        return self._eventfds().kick_fd
+
+    @property
+    def call_fd(self) -> int:
+        """vhost-user's call eventfd."""
+        return self._eventfds().call_fd
+
+    def _eventfds(self) -> EventfdSignals:
+        if not isinstance(self.signals, EventfdSignals):
+            raise TransportError(f"queue {self.index}: no eventfds on this transport")
+        return self.signals
 
     def setup(self, frontend: VhostUserFrontend, base: int = 0) -> None:
         """Send NUM, BASE, ADDR, CALL, KICK and ENABLE for this ring."""
@@ -179,8 +199,8 @@ class SplitVirtqueue:
         self.set_avail_idx(self._avail_idx + 1)
 
     def kick(self) -> None:
-        """Signal the kick eventfd."""
-        os.eventfd_write(self.kick_fd, 1)
+        """Notify the device (kick eventfd, or a QueueNotify write)."""
+        self.signals.kick()
 
     def kick_needed(self, old_avail: int) -> bool:
         """Whether the device asked to be kicked for avail moving from ``old_avail``."""
@@ -217,11 +237,7 @@ class SplitVirtqueue:
         return UsedElem(ident, length)
 
     def _drain_call(self) -> None:
-        try:
-            os.eventfd_read(self.call_fd)
-            self.notifications += 1
-        except BlockingIOError:
-            pass
+        self.notifications += self.signals.drain()
 
     def pending_used(self) -> int:
         """How many used entries the device has added since we last consumed."""
@@ -247,7 +263,7 @@ class SplitVirtqueue:
             remaining = deadline - time.monotonic()
             if pending >= count or remaining <= 0:
                 break
-            readable, _, _ = select.select([self.call_fd], [], [], min(remaining, 0.02))
+            readable, _, _ = select.select([self.signals], [], [], min(remaining, 0.02))
             if readable:
                 self._drain_call()
         self._drain_call()
@@ -259,12 +275,10 @@ class SplitVirtqueue:
 
     def close(self) -> None:
         """Close the eventfds and free the ring memory (idempotent)."""
-        if self.kick_fd < 0:
+        if self.signals is None:
             return
-        for fd in (self.kick_fd, self.call_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.kick_fd = self.call_fd = -1
+        self.signals.close()
+        self.signals = None  # type: ignore[assignment]
         for head in list(self._chains):
             self.free_chain(head)
         for gpa in (self.desc_gpa, self.avail_gpa, self.used_gpa):

@@ -59,6 +59,11 @@ cJSON *cJSON_AddBoolToObject(cJSON *const object, const char *const name,
 cJSON *cJSON_AddNumberToObject(cJSON *const object, const char *const name,
                                const double number);
 
+/* Parses a whole JSON text (nesting at most 32 deep); NULL when malformed. */
+cJSON *cJSON_Parse(const char *value);
+int cJSON_GetArraySize(const cJSON *array);
+cJSON *cJSON_GetArrayItem(const cJSON *array, int index);
+
 /* Frees an item and everything below it. */
 void cJSON_Delete(cJSON *item);
 

@@ -1,4 +1,5 @@
 /* Command line front end of the standalone vhost-user-blk runtime. */
+#include "hvisor_dev.h"
 #include "log.h"
 #include "runtime.h"
 
@@ -9,22 +10,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The active transport's hooks (runtime.h). */
+static bool g_hvisor;
+
+void *rt_gpa_to_hva(uint64_t gpa, int zone_id) {
+    return g_hvisor ? hv_gpa_to_hva(gpa, zone_id) : vu_gpa_to_hva(gpa, zone_id);
+}
+
+void rt_signal_call(VirtQueue *vq) {
+    if (g_hvisor)
+        hv_signal_call(vq);
+    else
+        vu_signal_call(vq);
+}
+
 static void usage(FILE *out, const char *prog) {
-    fprintf(out,
-            "Usage: %s --socket-path PATH | --fd FD  --blk-file PATH "
-            "[options]\n"
-            "Serve a virtio-blk device over vhost-user.\n"
-            "\n"
-            "  --socket-path PATH    listen on this unix socket\n"
-            "  --fd FD               use an inherited, listening socket\n"
-            "  --blk-file PATH       disk image or block device\n"
-            "  --read-only           expose the disk read-only\n"
-            "  --print-capabilities  print the backend capabilities and "
-            "exit\n"
-            "  --log-level LEVEL     debug, info, warn or error "
-            "(default info)\n"
-            "  --help                show this help\n",
-            prog);
+    fprintf(
+        out,
+        "Usage: %s --socket-path PATH | --fd FD  --blk-file PATH "
+        "[options]\n"
+        "       %s --hvisor ZONE.json [--log-level LEVEL]\n"
+        "Serve a virtio-blk device over vhost-user, or the zone JSON's blk\n"
+        "devices through hvisor's MMIO bridge (the /dev/hvisor stand-in\n"
+        "named by $" HVDEV_SOCKET_ENV ").\n"
+        "\n"
+        "  --socket-path PATH    listen on this unix socket\n"
+        "  --fd FD               use an inherited, listening socket\n"
+        "  --blk-file PATH       disk image or block device\n"
+        "  --hvisor ZONE.json    hvisor transport: hvisor-tool's zone "
+        "JSON\n"
+        "  --read-only           expose the disk read-only\n"
+        "  --print-capabilities  print the backend capabilities and "
+        "exit\n"
+        "  --log-level LEVEL     debug, info, warn or error "
+        "(default info)\n"
+        "  --help                show this help\n",
+        prog, prog);
 }
 
 static void print_capabilities(void) {
@@ -64,6 +85,7 @@ int main(int argc, char **argv) {
         OPT_RO,
         OPT_CAPS,
         OPT_LEVEL,
+        OPT_HVISOR,
         OPT_HELP
     };
     static const struct option longopts[] = {
@@ -73,6 +95,7 @@ int main(int argc, char **argv) {
         {"read-only", no_argument, NULL, OPT_RO},
         {"print-capabilities", no_argument, NULL, OPT_CAPS},
         {"log-level", required_argument, NULL, OPT_LEVEL},
+        {"hvisor", required_argument, NULL, OPT_HVISOR},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0}};
     struct rt_options opts = {
@@ -119,6 +142,11 @@ int main(int argc, char **argv) {
             log_set_level(level);
             break;
         }
+        case OPT_HVISOR:
+            if (optarg[0] == '\0')
+                fail("--hvisor must not be empty", NULL);
+            opts.hvisor_config = optarg;
+            break;
         case OPT_HELP:
             usage(stdout, argv[0]);
             return 0;
@@ -135,6 +163,16 @@ int main(int argc, char **argv) {
     if (caps) {
         print_capabilities();
         return 0;
+    }
+    if (opts.hvisor_config != NULL) {
+        if (opts.socket_path != NULL || opts.listen_fd >= 0 ||
+            opts.blk_file != NULL || opts.read_only)
+            fail("--hvisor takes the image and read_only from the zone JSON; "
+                 "it cannot be combined with --socket-path, --fd, --blk-file "
+                 "or --read-only",
+                 NULL);
+        g_hvisor = true;
+        return rt_hvisor_run(&opts);
     }
     if (opts.socket_path != NULL && opts.listen_fd >= 0)
         fail("use either --socket-path or --fd, not both", NULL);

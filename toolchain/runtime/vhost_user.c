@@ -221,9 +221,10 @@ static void close_fd(int *fd) {
 
 /* ---- memory table ------------------------------------------------------ */
 
-void *rt_gpa_to_hva(uint64_t gpa) {
+void *vu_gpa_to_hva(uint64_t gpa, int zone_id) {
     unsigned i;
 
+    (void)zone_id; /* one guest per vhost-user connection */
     for (i = 0; i < g_mem.n; i++) {
         const struct mem_region *r = &g_mem.r[i];
 
@@ -423,7 +424,7 @@ static void reset_device_state(void) {
         g_vdev->status_changed(g_vdev, 0);
 }
 
-void rt_signal_call(VirtQueue *vq) {
+void vu_signal_call(VirtQueue *vq) {
     const uint64_t one = 1;
     struct vq_state *s;
     int fd;
@@ -1148,77 +1149,16 @@ static void handle_kick(uint32_t idx) {
 /* ---- setup and main loop ------------------------------------------------ */
 
 static VirtIODevice *create_device(const struct rt_options *opts) {
-    const struct virtio_config_ops *cops = &virtio_blk_config_ops;
-    VirtIODevice *vdev;
-    void *params = NULL;
-    cJSON *json;
-    uint32_t i;
-    int rc;
+    VirtIODevice *vdev = NULL;
+    cJSON *json = cJSON_CreateObject();
 
-    if (g_ops->num_queues < 1 || g_ops->num_queues > VIRTIO_MAX_VQUEUES ||
-        g_ops->queue_max_size < 1 || g_ops->queue_max_size > 32768 ||
-        g_ops->init == NULL || g_ops->close == NULL || cops->parse == NULL) {
-        log_fatal("device ops table is unusable");
-        return NULL;
-    }
-
-    json = cJSON_CreateObject();
     if (json == NULL || !cJSON_AddStringToObject(json, "type", "blk") ||
         !cJSON_AddStringToObject(json, "img", opts->blk_file) ||
-        (opts->read_only && !cJSON_AddBoolToObject(json, "read_only", 1))) {
+        (opts->read_only && !cJSON_AddBoolToObject(json, "read_only", 1)))
         log_fatal("out of memory");
-        cJSON_Delete(json);
-        return NULL;
-    }
-    rc = cops->parse(json, &params);
-    if (rc != 0) {
-        log_fatal("the device rejected its configuration (%d)", rc);
-        cJSON_Delete(json);
-        return NULL;
-    }
-
-    vdev = calloc(1, sizeof(*vdev));
-    if (vdev != NULL)
-        vdev->vqs = calloc(g_ops->num_queues, sizeof(*vdev->vqs));
-    if (vdev == NULL || vdev->vqs == NULL) {
-        log_fatal("out of memory");
-        if (vdev != NULL)
-            free(vdev);
-        if (cops->free != NULL)
-            cops->free(params);
-        cJSON_Delete(json);
-        return NULL;
-    }
-    vdev->type = VirtioTBlock;
-    vdev->zone_id = 0;
-    vdev->irq_id = 0;
-    vdev->regs.device_id = VirtioTBlock;
-    vdev->regs.dev_feature = g_ops->features;
-    vdev->virtio_close = g_ops->close;
-    vdev->status_changed = g_ops->status_changed;
-    vdev->vqs_len = g_ops->num_queues;
-    pthread_mutex_init(&vdev->interrupt_lock, NULL);
-    for (i = 0; i < vdev->vqs_len; i++) {
-        VirtQueue *vq = &vdev->vqs[i];
-
-        vq->dev = vdev;
-        vq->vq_idx = i;
-        vq->queue_num_max = g_ops->queue_max_size;
-        vq->notify_handler = g_ops->notify_handlers[i];
-        pthread_mutex_init(&vq->used_ring_lock, NULL);
-        if (vq->notify_handler == NULL)
-            log_warn("queue %u has no notify handler", i);
-    }
-
-    rc = g_ops->init(vdev, params);
-    if (cops->free != NULL)
-        cops->free(params);
+    else
+        vdev = rt_create_device(json, 0, 0, 0, 0);
     cJSON_Delete(json);
-    if (rc != 0) {
-        log_fatal("device initialisation failed (%d)", rc);
-        g_ops->close(vdev); /* frees dev, vqs and vdev */
-        return NULL;
-    }
     return vdev;
 }
 

@@ -10,6 +10,16 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+bool rt_hvisor_core;
+
+_Noreturn void rt_board_crash(const char *what, const VirtQueue *vq) {
+    log_fatal("hvisor-tool HEAD dereferences NULL here: %s (queue %u); the "
+              "daemon would crash on the board",
+              what, vq != NULL ? (unsigned)vq->vq_idx : 0u);
+    abort();
+}
 
 void write_barrier(void) {
 #if defined(__aarch64__)
@@ -52,8 +62,11 @@ static volatile uint16_t *avail_event_slot(VirtQueue *vq) {
 }
 
 void virtqueue_disable_notify(VirtQueue *vq) {
-    if (vq->used_ring == NULL)
+    if (vq->used_ring == NULL) {
+        if (rt_hvisor_core)
+            rt_board_crash("virtqueue_disable_notify without a used ring", vq);
         return;
+    }
     if (vq->event_idx_enabled) {
         /* Ask for a kick only once avail->idx moves past an index the
          * driver has already passed, i.e. practically never. */
@@ -65,8 +78,11 @@ void virtqueue_disable_notify(VirtQueue *vq) {
 }
 
 void virtqueue_enable_notify(VirtQueue *vq) {
-    if (vq->used_ring == NULL || vq->avail_ring == NULL)
+    if (vq->used_ring == NULL || vq->avail_ring == NULL) {
+        if (rt_hvisor_core)
+            rt_board_crash("virtqueue_enable_notify without rings", vq);
         return;
+    }
     if (vq->event_idx_enabled) {
         *avail_event_slot(vq) = vq->avail_ring->idx;
     } else {
@@ -76,17 +92,39 @@ void virtqueue_enable_notify(VirtQueue *vq) {
 }
 
 void *get_virt_addr(void *zonex_ipa, int zone_id) {
-    void *hva = rt_gpa_to_hva((uint64_t)(uintptr_t)zonex_ipa);
+    void *hva = rt_gpa_to_hva((uint64_t)(uintptr_t)zonex_ipa, zone_id);
 
-    (void)zone_id; /* one guest per runtime process */
     if (hva == NULL)
         log_error("guest address 0x%llx is not in the memory table",
                   (unsigned long long)(uintptr_t)zonex_ipa);
     return hva;
 }
 
+/*
+ * As hvisor-tool HEAD: one barrier before (the device's stores into guest
+ * buffers come first) and one after, but none between the element and the
+ * index that publishes it.  On AArch64 the driver can see the new index
+ * before the element; a device that needs them ordered uses the batch
+ * helper below (hvisor-api.md section 14).  The index is read back from the
+ * guest's used ring, not from a device-side copy.
+ */
 void update_used_ring(VirtQueue *vq, uint16_t idx, uint32_t iolen) {
-    update_used_ring_batch(vq, &idx, &iolen, 1);
+    volatile VirtqUsed *used = vq->used_ring;
+    volatile VirtqUsedElem *elem;
+    uint16_t used_idx;
+
+    if (used == NULL) {
+        if (rt_hvisor_core)
+            rt_board_crash("update_used_ring without a used ring", vq);
+        return;
+    }
+    write_barrier();
+    used_idx = used->idx;
+    elem = &used->ring[used_idx & (uint16_t)(vq->num - 1)];
+    elem->id = idx;
+    elem->len = iolen;
+    used->idx = (uint16_t)(used_idx + 1);
+    write_barrier();
 }
 
 void update_used_ring_batch(VirtQueue *vq, const uint16_t *indices,
@@ -96,8 +134,13 @@ void update_used_ring_batch(VirtQueue *vq, const uint16_t *indices,
     uint16_t head;
     size_t i;
 
-    if (count == 0 || used == NULL || vq->num == 0)
+    if (count == 0)
         return;
+    if (used == NULL) {
+        if (rt_hvisor_core)
+            rt_board_crash("update_used_ring_batch without a used ring", vq);
+        return;
+    }
     mask = (uint16_t)(vq->num - 1);
     head = used->idx;
 
@@ -115,29 +158,28 @@ void update_used_ring_batch(VirtQueue *vq, const uint16_t *indices,
     write_barrier();
 }
 
+/*
+ * As hvisor-tool HEAD: last_used_idx follows the guest's used->idx, and the
+ * suppression state is loaded right after it with no full barrier (the
+ * store of used->idx by update_used_ring may still be in flight: a device
+ * issues rw_barrier() itself before calling this).
+ */
 void virtio_inject_irq(VirtQueue *vq) {
     volatile VirtqUsed *used = vq->used_ring;
     volatile VirtqAvail *avail = vq->avail_ring;
     uint16_t old_idx;
     uint16_t new_idx;
 
-    if (used == NULL || avail == NULL)
+    if (used == NULL || avail == NULL) {
+        if (rt_hvisor_core)
+            rt_board_crash("virtio_inject_irq without rings", vq);
         return;
-    new_idx = used->idx;
-    if (new_idx == vq->last_used_idx)
-        return; /* nothing published since the last signal */
+    }
     old_idx = vq->last_used_idx;
+    new_idx = used->idx;
     vq->last_used_idx = new_idx;
-
-    /*
-     * Full barrier: the used->idx store above must be globally visible
-     * before we read the driver's suppression state.  A store-only barrier
-     * (what hvisor-tool issues here) lets the load overtake the store, so a
-     * driver that re-enables interrupts at the same moment could see the
-     * old idx while we see the old flags/used_event: lost interrupt.
-     */
-    rw_barrier();
-
+    if (new_idx == old_idx)
+        return; /* nothing published since the last signal */
     if (vq->event_idx_enabled) {
         uint16_t used_event = avail->ring[vq->num];
 
