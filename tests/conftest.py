@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from toolchain import project
+from toolchain.bridge.backend import HvisorBackend
 from toolchain.guest import Backend, BlkDevice, ShadowDisk
 from toolchain.spec import Spec
 from toolchain.targets import Target, load_target, sanitizer_reports, target_names
@@ -32,6 +33,9 @@ IMAGE_SIZE = 8 * 1024 * 1024
 TIMEOUT = {True: 10.0, False: 5.0}
 SANITIZER_TIMEOUT = 15.0
 DEFAULT_TARGETS = "rk3588,host"
+#: How the guest reaches the device: vhost-user (QEMU's way) or hvisor's
+#: MMIO bridge (the board's way, through the bridge world).
+TRANSPORTS = ("vhost-user", "hvisor")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,30 +52,52 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             f"(default {DEFAULT_TARGETS}; known: {', '.join(target_names())})"
         ),
     )
+    parser.addoption(
+        "--transports",
+        default=",".join(TRANSPORTS),
+        help=f"comma-separated transports the device suite runs over (default: all of "
+        f"{', '.join(TRANSPORTS)})",
+    )
 
 
-_TARGET_OF_ITEM: dict[str, str] = {}
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "vhost_user_only(reason): the test needs a vhost-user operation; on other "
+        "transports it is skipped with the reason",
+    )
+
+
+_WHERE_OF_ITEM: dict[str, tuple[str, str]] = {}  # nodeid -> (transport, target)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Remember which build target each device test runs on."""
+    """Remember where each device test runs; skip vhost-user-only tests elsewhere."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and "dut" in callspec.params:
-            _TARGET_OF_ITEM[item.nodeid] = callspec.params["dut"][1]
+        if callspec is None or "dut" not in callspec.params:
+            continue
+        _, target, transport = callspec.params["dut"]
+        _WHERE_OF_ITEM[item.nodeid] = (transport, target)
+        marker = item.get_closest_marker("vhost_user_only")
+        if marker is not None and transport != "vhost-user":
+            reason = marker.args[0] if marker.args else "needs vhost-user"
+            item.add_marker(pytest.mark.skip(reason=f"vhost-user only: {reason}"))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say how many device tests ran each target (rk3588 = under qemu-aarch64)."""
-    names = selected_targets(terminalreporter.config)
-    counts = dict.fromkeys(names, 0)
+    """Say how many device tests passed per transport x target (rk3588 = qemu-aarch64)."""
+    config = terminalreporter.config
+    counts = {
+        (tr, tg): 0 for tr in selected_transports(config) for tg in selected_targets(config)
+    }
     for report in terminalreporter.stats.get("passed", []):
-        target = _TARGET_OF_ITEM.get(report.nodeid)
-        if target in counts:
-            counts[target] += 1
+        where = _WHERE_OF_ITEM.get(report.nodeid)
+        if where in counts:
+            counts[where] += 1
     if any(counts.values()):
-        where = {"rk3588": "the rk3588 build under qemu-aarch64"}
-        parts = [f"{n} on {where.get(t, f'the {t} build')}" for t, n in counts.items()]
+        name = {"rk3588": "rk3588 (qemu-aarch64)"}
+        parts = [f"{tr} x {name.get(tg, tg)}: {n}" for (tr, tg), n in counts.items()]
         terminalreporter.write_line(f"device tests passed: {', '.join(parts)}")
 
 
@@ -95,6 +121,7 @@ class DeviceUnderTest:
     target: Target
     binary: Path
     manifest: dict[str, Any]
+    transport: str = "vhost-user"
 
     @property
     def prefix(self) -> list[str]:
@@ -133,10 +160,27 @@ def selected_targets(config: pytest.Config) -> list[str]:
     return names
 
 
-def configurations(config: pytest.Config) -> list[tuple[str, str]]:
-    """(spec, target) for every spec in spec/ and every selected target."""
+def selected_transports(config: pytest.Config) -> list[str]:
+    """The transports named by --transports."""
+    names = [t.strip() for t in str(config.getoption("--transports")).split(",") if t.strip()]
+    unknown = [t for t in names if t not in TRANSPORTS]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"--transports: unknown transport(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(TRANSPORTS)}"
+        )
+    return names
+
+
+def configurations(config: pytest.Config) -> list[tuple[str, str, str]]:
+    """(spec, target, transport) for every spec in spec/, selected target and transport."""
     specs = sorted(p.stem for p in LAYOUT.spec_dir.glob("*.yaml"))
-    return [(s, t) for s in specs for t in selected_targets(config)]
+    return [
+        (s, t, tr)
+        for s in specs
+        for t in selected_targets(config)
+        for tr in selected_transports(config)
+    ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -147,14 +191,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             configurations(metafunc.config),
             indirect=True,
             scope="session",
-            ids=lambda c: f"{c[0]}@{c[1]}",
+            ids=lambda c: f"{c[0]}@{c[1]}@{c[2]}",
         )
 
 
 @pytest.fixture(scope="session")
 def dut(request: pytest.FixtureRequest) -> DeviceUnderTest:
     """The device under test; built once per session."""
-    spec_name, target_name = request.param
+    spec_name, target_name, transport = request.param
     target = load_target(target_name)
     for tool in (target.cc, *target.runner):
         if shutil.which(tool) is None:
@@ -163,9 +207,9 @@ def dut(request: pytest.FixtureRequest) -> DeviceUnderTest:
     manifest = json.loads((LAYOUT.generated_for(spec_name) / "manifest.json").read_text())
     mutant = os.environ.get("BLKGEN_MUTANT_BINARY")  # set by `invoke mutants` only
     if mutant and os.environ.get("BLKGEN_MUTANT_SPEC") == spec_name and target_name == "host":
-        return DeviceUnderTest(spec, target, Path(mutant), manifest)
+        return DeviceUnderTest(spec, target, Path(mutant), manifest, transport)
     result = project.build_one(LAYOUT, spec_name, target_name)
-    return DeviceUnderTest(spec, target, result.binary, manifest)
+    return DeviceUnderTest(spec, target, result.binary, manifest, transport)
 
 
 @pytest.fixture
@@ -200,7 +244,8 @@ def start_backend(
     started: list[Backend] = []
 
     def start(**kwargs: Any) -> Backend:
-        be = Backend.vhost_user_blk(
+        make = Backend.vhost_user_blk if dut.transport == "vhost-user" else HvisorBackend.runtime
+        be = make(
             str(dut.binary),
             str(image),
             log_dir,
@@ -216,7 +261,10 @@ def start_backend(
     yield start
     codes = []
     for be in started:
-        codes.append(be.stop() if be.alive() else be.returncode)
+        if be.proc is None:  # an hvisor backend no driver ever attached to
+            codes.append(0)
+        else:
+            codes.append(be.stop() if be.alive() else be.returncode)
         be.cleanup()
     for be, code in zip(started, codes, strict=True):
         assert code == 0, f"{be.name} exited with {code}:\n{be.log_text()}"
@@ -236,7 +284,7 @@ def backend(start_backend: Callable[..., Backend]) -> Backend:
 def dev(dut: DeviceUnderTest, backend: Backend) -> Iterator[BlkDevice]:
     """A guest driver connected to the backend; queues as large as the spec allows."""
     d = dut.driver(queue_size=dut.spec.device.queue_size)
-    d.connect(backend.socket_path)
+    backend.attach(d)
     yield d
     d.close()
 

@@ -212,6 +212,7 @@ def test_64_requests_in_flight_all_complete_and_match_a_shadow_disk(
 # ---- ring and connection life cycle -----------------------------------------
 
 
+@pytest.mark.vhost_user_only("GET_VRING_BASE stops one ring; virtio-mmio has no such operation")
 def test_stopped_ring_is_left_alone_and_resumes_where_it_stopped(
     dev: BlkDevice, writable: None
 ) -> None:
@@ -272,7 +273,7 @@ def test_read_only_backend_offers_ro_and_refuses_writes(
 ) -> None:
     be = start_backend(read_only=True)
     with dut.driver() as d:
-        d.connect(be.socket_path)
+        be.attach(d)
         assert d.offered_features >> VIRTIO_BLK_F_RO & 1
         c = d.run(BlkRequest.write(d.memory, 0, os.urandom(512)))
         assert (c.status, c.used_len) == (VIRTIO_BLK_S_IOERR, 1)

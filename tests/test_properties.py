@@ -78,7 +78,7 @@ def pdev(dut: DeviceUnderTest, backend: Backend) -> Iterator[BlkDevice]:
         queue_size=QUEUE,
         feature_mask=~(1 << VIRTIO_RING_F_INDIRECT_DESC),
     )
-    d.connect(backend.socket_path)
+    backend.attach(d)
     yield d
     d.close()
 

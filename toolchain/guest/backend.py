@@ -11,7 +11,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from .blk import BlkDevice
 
 
 class BackendError(Exception):
@@ -114,13 +117,11 @@ class Backend:
             raise BackendError("backend not started")
         return self.proc.pid
 
-    def start(self) -> None:
-        """Launch the process and wait (bounded) for its socket to appear."""
+    def _spawn(self) -> None:
+        """Launch the process, logging its command line and output."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env_prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(self.env.items()))
         self.cmd_path.write_text(env_prefix + shlex.join(self.argv) + "\n")
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.argv,
@@ -130,6 +131,17 @@ class Backend:
             start_new_session=True,
             env={**os.environ, **self.env} if self.env else None,
         )
+
+    def attach(self, driver: BlkDevice) -> None:
+        """Connect ``driver`` to this backend and initialise the device."""
+        driver.connect(self.socket_path)
+
+    def start(self) -> None:
+        """Launch the process and wait (bounded) for its socket to appear."""
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        self._spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(self.socket_path):
             if self.proc.poll() is not None:

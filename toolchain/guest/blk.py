@@ -364,6 +364,13 @@ class BlkDevice:
         """The vhost-user frontend, or None (disconnected, or another transport)."""
         return self.transport.frontend if isinstance(self.transport, VhostUserTransport) else None
 
+    @frontend.setter
+    def frontend(self, value: None) -> None:
+        """``dev.frontend = None``: the connection is gone (closed, or the backend died)."""
+        if value is not None:
+            raise BlkError("attach a transport with attach() or connect()")
+        self.transport = None
+
     @property
     def protocol_features(self) -> int:
         """vhost-user protocol features negotiated (0 on other transports)."""
