@@ -66,6 +66,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "vhost_user_only(reason): the test needs a vhost-user operation; on other "
         "transports it is skipped with the reason",
     )
+    config.addinivalue_line(
+        "markers",
+        "only_transport(name): the test is about one transport (QEMU as a vhost-user "
+        "frontend; what only hvisor's MMIO lets a guest do); it runs on that one alone",
+    )
 
 
 _WHERE_OF_ITEM: dict[str, tuple[str, str]] = {}  # nodeid -> (transport, target)
@@ -88,9 +93,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how many device tests passed per transport x target (rk3588 = qemu-aarch64)."""
     config = terminalreporter.config
-    counts = {
-        (tr, tg): 0 for tr in selected_transports(config) for tg in selected_targets(config)
-    }
+    counts = {(tr, tg): 0 for tr in selected_transports(config) for tg in selected_targets(config)}
     for report in terminalreporter.stats.get("passed", []):
         where = _WHERE_OF_ITEM.get(report.nodeid)
         if where in counts:
@@ -186,9 +189,13 @@ def configurations(config: pytest.Config) -> list[tuple[str, str, str]]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that needs a device under test once per configuration."""
     if "dut" in metafunc.fixturenames:
+        configs = configurations(metafunc.config)
+        only = metafunc.definition.get_closest_marker("only_transport")
+        if only is not None:  # the test is about one transport
+            configs = [c for c in configs if c[2] == only.args[0]]
         metafunc.parametrize(
             "dut",
-            configurations(metafunc.config),
+            configs,
             indirect=True,
             scope="session",
             ids=lambda c: f"{c[0]}@{c[1]}@{c[2]}",
@@ -261,10 +268,12 @@ def start_backend(
     yield start
     codes = []
     for be in started:
-        if be.proc is None:  # an hvisor backend no driver ever attached to
-            codes.append(0)
+        if be.proc is None or getattr(be, "death_reported", False):
+            codes.append(0)  # never started (hvisor), or its death failed the test already
         else:
             codes.append(be.stop() if be.alive() else be.returncode)
+        if isinstance(be, HvisorBackend):
+            assert not be.neighbour_changes(), f"{be.name} wrote another zone's RAM"
         be.cleanup()
     for be, code in zip(started, codes, strict=True):
         assert code == 0, f"{be.name} exited with {code}:\n{be.log_text()}"

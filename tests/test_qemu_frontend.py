@@ -25,7 +25,10 @@ QEMU = shutil.which("qemu-system-x86_64")
 VIRTIO_VENDOR = 0x1AF4
 VIRTIO_BLK_MODERN = 0x1042
 
-pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 not installed (invoke setup)")
+pytestmark = [
+    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 not installed (invoke setup)"),
+    pytest.mark.only_transport("vhost-user"),  # QEMU is the vhost-user frontend here
+]
 
 
 class Qmp:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..guest.backend import Backend, BackendError
 from ..guest.blk import BlkDevice
+from ..guest.memory import GuestMemory
 from .mmio import MmioTransport
 from .world import BridgeError, BridgeWorld, Device, Zone
 
@@ -21,6 +22,11 @@ from .world import BridgeError, BridgeWorld, Device, Zone
 DEVICE_ADDR = 0xA003C00
 DEVICE_IRQ = 78
 ZONE_ID = 1
+#: A second zone with no device: its RAM must never change (no cross-zone access).
+NEIGHBOUR_ZONE = 2
+NEIGHBOUR_GPA = 0x8000_0000
+NEIGHBOUR_SIZE = 1024 * 1024
+NEIGHBOUR_FILL = bytes(range(256)) * (NEIGHBOUR_SIZE // 256)
 
 
 class HvisorBackend(Backend):
@@ -48,6 +54,7 @@ class HvisorBackend(Backend):
         self.read_only = read_only
         self.cwd = cwd
         self.world: BridgeWorld | None = None
+        self.neighbour: GuestMemory | None = None
         self.device = Device(
             DEVICE_ADDR,
             DEVICE_IRQ,
@@ -114,7 +121,11 @@ class HvisorBackend(Backend):
         driver.attach(MmioTransport(self.world, ZONE_ID, self.device, timeout=driver.timeout * 2))
 
     def _launch(self, driver: BlkDevice) -> None:
-        self.world = BridgeWorld([Zone(ZONE_ID, driver.memory, [self.device])])
+        self.neighbour = GuestMemory([(NEIGHBOUR_GPA, NEIGHBOUR_SIZE)])
+        self.neighbour.write(NEIGHBOUR_GPA, NEIGHBOUR_FILL)
+        self.world = BridgeWorld(
+            [Zone(ZONE_ID, driver.memory, [self.device]), Zone(NEIGHBOUR_ZONE, self.neighbour, [])]
+        )
         config = self.world.write_config(Path(self.log_dir) / f"{self.name}.json")
         self.socket_path = self.world.socket_path
         self.env = {**self.env, "HVISOR_SIM_SOCKET": self.world.socket_path}
@@ -129,8 +140,17 @@ class HvisorBackend(Backend):
                 f"{self.name}: {e} (exit status {code}); see {self.log_path}"
             ) from None
 
+    def neighbour_changes(self) -> bool:
+        """Whether the device-less neighbour zone's RAM changed (it never may)."""
+        if self.neighbour is None:
+            return False
+        return self.neighbour.read(NEIGHBOUR_GPA, NEIGHBOUR_SIZE) != NEIGHBOUR_FILL
+
     def cleanup(self) -> None:
         super().cleanup()
         if self.world is not None:
             self.world.close()
             self.world = None
+        if self.neighbour is not None:
+            self.neighbour.close()
+            self.neighbour = None

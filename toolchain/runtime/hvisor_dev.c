@@ -216,6 +216,22 @@ int hvdev_ioctl(int fd, unsigned long request, unsigned long arg) {
     }
 }
 
+/*
+ * Zone memory with inaccessible guard space on both sides: a daemon that
+ * reads or writes past the end (or before the start) of guest RAM faults
+ * at once instead of touching whatever the process mapped next to it.
+ */
+static void *map_guarded(size_t len, int prot, int flags, int fd, off_t off) {
+    char *reserve =
+        raw_mmap(NULL, len + 2 * HVDEV_GUARD_BYTES, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+    if (reserve == MAP_FAILED)
+        return MAP_FAILED;
+    return raw_mmap(reserve + HVDEV_GUARD_BYTES, len, prot, flags | MAP_FIXED,
+                    fd, off);
+}
+
 void *hvdev_mmap(void *addr, size_t len, int prot, int flags, int fd,
                  off_t offset) {
     uint64_t off = (uint64_t)offset;
@@ -234,8 +250,8 @@ void *hvdev_mmap(void *addr, size_t len, int prot, int flags, int fd,
 
         if (off >= r->zone0_ipa && off - r->zone0_ipa < r->size &&
             len <= r->size - (off - r->zone0_ipa))
-            return raw_mmap(addr, len, prot, flags, r->fd,
-                            (off_t)(off - r->zone0_ipa));
+            return map_guarded(len, prot, flags, r->fd,
+                               (off_t)(off - r->zone0_ipa));
     }
     errno = EINVAL;
     return MAP_FAILED;

@@ -11,7 +11,8 @@
  *   ioctl HVISOR_SET_EVENTFD, efd   -> the eventfd is passed to the world,
  *                                      which writes it when need_wakeup is 1
  *   mmap(4096, offset 0)            -> the bridge page
- *   mmap(size, offset zone0_ipa)    -> that part of a zone memory region
+ *   mmap(size, offset zone0_ipa)    -> that part of a zone memory region,
+ *                                      between two inaccessible guard areas
  *   ioctl HVISOR_FINISH_REQ         -> what hvisor does in the hypercall:
  *                                      drain res_list, one IRQ message per
  *                                      entry to the world
@@ -87,6 +88,8 @@ enum hvdev_msg_type {
     HVDEV_MSG_INIT = 5,        /* stand-in -> world: HVISOR_INIT_VIRTIO */
 };
 #define HVDEV_PROTOCOL_VERSION 1
+/* Inaccessible space mapped before and after each zone memory region. */
+#define HVDEV_GUARD_BYTES (64u * 1024u)
 #define HVDEV_MAX_REGIONS 16
 
 /* Connects to the world; returns an fd standing for /dev/hvisor, or -1
