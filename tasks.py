@@ -21,7 +21,7 @@ from toolchain import board, flash, hvisor, project
 from toolchain import fuzz as fuzzing
 from toolchain import mutants as mutation
 from toolchain.build import BuildError
-from toolchain.junit import totals
+from toolchain.junit import totals, totals_of
 from toolchain.render import CLANG_FORMAT_STYLE
 from toolchain.spec import SpecError
 from toolchain.targets import load_target, target_names
@@ -205,9 +205,15 @@ def fmt(c: Context, fix: bool = False) -> None:
         "args": "extra pytest arguments, e.g. '-k flush -x' or test files",
         "targets": "comma-separated targets for the device tests, e.g. host-asan,host-tsan; "
         "default from invoke.yaml (rk3588,host)",
+        "transports": "comma-separated transports (vhost-user, hvisor, hvisor-tool, upstream); "
+        "default: vhost-user and hvisor, plus hvisor-tool with --hvisor-tree",
+        "hvisor-tree": "an hvisor-tool checkout: also run the suites on its own daemon "
+        "(built with the /dev/hvisor stand-in; the tree is not changed)",
     }
 )
-def test(c: Context, args: str = "", targets: str = "") -> None:
+def test(
+    c: Context, args: str = "", targets: str = "", transports: str = "", hvisor_tree: str = ""
+) -> None:
     """Build every spec for the targets and run the pytest suite on them."""
     chosen = targets.split(",") if targets else [str(t) for t in _cfg(c, "targets")]
     gen(c)
@@ -220,11 +226,82 @@ def test(c: Context, args: str = "", targets: str = "") -> None:
             _build(name, t)
     extra = args or str(_cfg(c, "pytest_args"))
     report = LAYOUT.build_dir / "junit" / f"{'-'.join(chosen)}-{time.time_ns()}.xml"
+    if hvisor_tree:
+        try:
+            hvisor.check_tree(Path(hvisor_tree).expanduser())
+        except hvisor.HvisorError as exc:
+            raise _fail(str(exc)) from None
+        extra += f" --hvisor-tree {shlex.quote(str(Path(hvisor_tree).expanduser().resolve()))}"
+    if transports:
+        extra += f" --transports {shlex.quote(transports)}"
     c.run(
         f"{shlex.quote(sys.executable)} -m pytest --targets {shlex.quote(','.join(chosen))} "
         f"--junitxml={shlex.quote(str(report))} {extra}",
         pty=False,
     )
+
+
+SIM_SUITES = "tests/test_device.py tests/test_hostile_guest.py tests/test_hostile_hvisor.py"
+
+
+@task(
+    name="hvisor-sim",
+    help={
+        "tree": "root of an hvisor-tool checkout, cJSON filled in (required; never changed)",
+        "spec": "run the tree's daemon with this spec's pair (default from invoke.yaml)",
+        "upstream": "run the tree's daemon with its own pair (HEAD's device): record, "
+        "do not require, what it passes",
+        "targets": "rk3588 (arm64 under qemu-aarch64) and/or host (x86_64 native); default: both",
+        "args": "extra pytest arguments, e.g. '-k queue_num'",
+    },
+)
+def hvisor_sim(
+    c: Context,
+    tree: str = "",
+    spec: str = "",
+    upstream: bool = False,
+    targets: str = "rk3588,host",
+    args: str = "",
+) -> None:
+    """hvisor-tool's own daemon off the board: the device and hostile suites through the bridge."""
+    if not tree:
+        raise _fail("--tree PATH is required (the root of an hvisor-tool checkout)")
+    if upstream and spec:
+        raise _fail("--upstream runs the tree's own pair; it takes no --spec")
+    path = Path(tree).expanduser().resolve()
+    try:
+        hvisor.check_tree(path)
+    except hvisor.HvisorError as exc:
+        raise _fail(str(exc)) from None
+    name = spec or str(_cfg(c, "spec"))
+    gen(c, spec=[name])
+    transport = "upstream" if upstream else "hvisor-tool"
+    report = LAYOUT.build_dir / "hvisor-sim" / f"{'upstream' if upstream else name}.xml"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    _step(
+        f"hvisor-tool's daemon from {path} with "
+        f"{'its own pair (HEAD) ' if upstream else f'the {name} pair '}on {targets}"
+    )
+    result = c.run(
+        f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider "
+        f"--targets {shlex.quote(targets)} --transports {transport} "
+        f"--hvisor-tree {shlex.quote(str(path))} --junitxml={shlex.quote(str(report))} "
+        f"--specs {shlex.quote(name)} {SIM_SUITES} {args}",
+        pty=False,
+        warn=True,
+    )
+    passed, failed, skipped = totals_of(report)
+    print(f"hvisor-sim: {passed} passed, {failed} failed, {skipped} skipped on the real daemon")
+    if upstream:
+        print(
+            "upstream: HEAD's own device, judged by the default spec's tests; its failures "
+            f"are findings (docs/hvisor-findings.md). Report: {report.relative_to(ROOT)}"
+        )
+        if not report.is_file() or passed == 0:
+            raise _fail("the daemon did not run the suite (see the output above)")
+        return
+    if result is None or result.exited != 0:
+        raise _fail("the real daemon failed tests with this pair (see above)")
 
 
 @task(help={"spec": "spec whose device is mutated; default from invoke.yaml (virtio-blk)"})
@@ -508,6 +585,7 @@ def clean(c: Context) -> None:
 
 ns = Collection(setup, gen, build, test, fuzz, mutants, fmt, ci, clean)
 ns.add_task(hvisor_task)
+ns.add_task(hvisor_sim)
 ns.add_task(flash_task)
 ns.add_task(bench)
 ns.add_task(e2e)

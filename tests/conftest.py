@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from toolchain import project
+from toolchain.bridge import daemon
 from toolchain.bridge.backend import HvisorBackend
 from toolchain.guest import Backend, BlkDevice, ShadowDisk
 from toolchain.spec import Spec
@@ -34,8 +35,18 @@ TIMEOUT = {True: 10.0, False: 5.0}
 SANITIZER_TIMEOUT = 15.0
 DEFAULT_TARGETS = "rk3588,host"
 #: How the guest reaches the device: vhost-user (QEMU's way) or hvisor's
-#: MMIO bridge (the board's way, through the bridge world).
+#: MMIO bridge (the board's way, through the bridge world) served by our
+#: runtime's core ("hvisor"), by hvisor-tool's own daemon with the spec's
+#: pair ("hvisor-tool"), or by that daemon with the tree's own pair
+#: ("upstream": HEAD's device; the spec stands for what it should be).
 TRANSPORTS = ("vhost-user", "hvisor")
+DAEMON_TRANSPORTS = ("hvisor-tool", "upstream")
+FAMILY = {
+    "vhost-user": "vhost-user",
+    "hvisor": "hvisor",
+    "hvisor-tool": "hvisor",
+    "upstream": "hvisor",
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,9 +65,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addoption(
         "--transports",
-        default=",".join(TRANSPORTS),
-        help=f"comma-separated transports the device suite runs over (default: all of "
-        f"{', '.join(TRANSPORTS)})",
+        default="",
+        help=f"comma-separated transports the device suite runs over (default: "
+        f"{', '.join(TRANSPORTS)}, plus hvisor-tool with --hvisor-tree; known: "
+        f"{', '.join(FAMILY)})",
+    )
+    parser.addoption(
+        "--specs",
+        default="",
+        help="comma-separated spec names the device suite runs (default: every spec in spec/)",
+    )
+    parser.addoption(
+        "--hvisor-tree",
+        default="",
+        help="an hvisor-tool checkout: also run the suites on its own daemon, built with "
+        "the /dev/hvisor stand-in (transport hvisor-tool; 'upstream' for its own pair)",
     )
 
 
@@ -163,27 +186,48 @@ def selected_targets(config: pytest.Config) -> list[str]:
     return names
 
 
+def hvisor_tree(config: pytest.Config) -> Path | None:
+    """The --hvisor-tree checkout, or None."""
+    tree = str(config.getoption("--hvisor-tree"))
+    return Path(tree).expanduser().resolve() if tree else None
+
+
 def selected_transports(config: pytest.Config) -> list[str]:
-    """The transports named by --transports."""
-    names = [t.strip() for t in str(config.getoption("--transports")).split(",") if t.strip()]
-    unknown = [t for t in names if t not in TRANSPORTS]
+    """The transports named by --transports (default: ours, and hvisor-tool with a tree)."""
+    given = str(config.getoption("--transports"))
+    default = [*TRANSPORTS, *(["hvisor-tool"] if hvisor_tree(config) else [])]
+    names = [t.strip() for t in given.split(",") if t.strip()] if given else default
+    unknown = [t for t in names if t not in FAMILY]
     if unknown or not names:
         raise pytest.UsageError(
             f"--transports: unknown transport(s) {', '.join(unknown) or '(none given)'}; "
-            f"known: {', '.join(TRANSPORTS)}"
+            f"known: {', '.join(FAMILY)}"
         )
+    if hvisor_tree(config) is None and any(t in DAEMON_TRANSPORTS for t in names):
+        raise pytest.UsageError("--transports hvisor-tool/upstream need --hvisor-tree PATH")
     return names
 
 
 def configurations(config: pytest.Config) -> list[tuple[str, str, str]]:
-    """(spec, target, transport) for every spec in spec/, selected target and transport."""
+    """(spec, target, transport) for every spec in spec/, selected target and transport.
+
+    The real daemon builds for rk3588 (arm64) and host (x86_64) only; its own
+    device ("upstream") stands beside the default spec, which describes it.
+    """
     specs = sorted(p.stem for p in LAYOUT.spec_dir.glob("*.yaml"))
-    return [
-        (s, t, tr)
-        for s in specs
-        for t in selected_targets(config)
-        for tr in selected_transports(config)
-    ]
+    wanted = [n.strip() for n in str(config.getoption("--specs")).split(",") if n.strip()]
+    unknown = sorted(set(wanted) - set(specs))
+    if unknown:
+        raise pytest.UsageError(f"--specs: no spec {', '.join(unknown)} in {LAYOUT.spec_dir}")
+    specs = [s for s in specs if s in wanted] if wanted else specs
+    out = []
+    for tr in selected_transports(config):
+        for t in selected_targets(config):
+            if tr in DAEMON_TRANSPORTS and t not in daemon.ARCH_OF_TARGET:
+                continue
+            for s in [project.DEFAULT_SPEC] if tr == "upstream" else specs:
+                out.append((s, t, tr))
+    return out
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -191,8 +235,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "dut" in metafunc.fixturenames:
         configs = configurations(metafunc.config)
         only = metafunc.definition.get_closest_marker("only_transport")
-        if only is not None:  # the test is about one transport
-            configs = [c for c in configs if c[2] == only.args[0]]
+        if only is not None:  # the test is about one transport (family)
+            configs = [c for c in configs if FAMILY[c[2]] == only.args[0]]
         metafunc.parametrize(
             "dut",
             configs,
@@ -215,6 +259,18 @@ def dut(request: pytest.FixtureRequest) -> DeviceUnderTest:
     mutant = os.environ.get("BLKGEN_MUTANT_BINARY")  # set by `invoke mutants` only
     if mutant and os.environ.get("BLKGEN_MUTANT_SPEC") == spec_name and target_name == "host":
         return DeviceUnderTest(spec, target, Path(mutant), manifest, transport)
+    if transport in DAEMON_TRANSPORTS:
+        tree = hvisor_tree(request.config)
+        assert tree is not None
+        pair = None if transport == "upstream" else LAYOUT.generated_for(spec_name)
+        try:
+            built = daemon.build(
+                tree, LAYOUT.build_dir / "hvisor-sim", "upstream" if pair is None else spec_name,
+                pair, daemon.ARCH_OF_TARGET[target_name],
+            )  # fmt: skip
+        except daemon.DaemonError as e:
+            pytest.fail(f"hvisor-tool daemon: {e}")
+        return DeviceUnderTest(spec, target, built.binary, manifest, transport)
     result = project.build_one(LAYOUT, spec_name, target_name)
     return DeviceUnderTest(spec, target, result.binary, manifest, transport)
 
@@ -251,7 +307,12 @@ def start_backend(
     started: list[Backend] = []
 
     def start(**kwargs: Any) -> Backend:
-        make = Backend.vhost_user_blk if dut.transport == "vhost-user" else HvisorBackend.runtime
+        make = {
+            "vhost-user": Backend.vhost_user_blk,
+            "hvisor": HvisorBackend.runtime,
+        }.get(dut.transport, HvisorBackend.daemon)
+        if make is HvisorBackend.daemon:
+            kwargs.pop("extra_args", None)  # the daemon has no options of ours
         be = make(
             str(dut.binary),
             str(image),

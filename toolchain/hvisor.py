@@ -239,7 +239,7 @@ def pair_warnings(log: str) -> list[str]:
     return sorted({m.group(0).strip() for m in WARNING_RE.finditer(log)})
 
 
-def _make_env() -> dict[str, str]:
+def make_env() -> dict[str, str]:
     env = dict(os.environ)
     for var in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GNUMAKEFLAGS", "CFLAGS", "LDFLAGS"):
         env.pop(var, None)
@@ -335,7 +335,7 @@ def install_and_build(
             # Kept aside until the build succeeded: a failed build leaves the old one.
             os.replace(tree / BINARY, old_binary)
         try:
-            proc = run(cmd, timeout=settings.timeout, env=_make_env())
+            proc = run(cmd, timeout=settings.timeout, env=make_env())
         except Timeout as exc:
             raise HvisorError(f"build timed out: {exc}") from None
         text = (proc.stdout + proc.stderr).decode(errors="replace")
