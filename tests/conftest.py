@@ -311,8 +311,6 @@ def start_backend(
             "vhost-user": Backend.vhost_user_blk,
             "hvisor": HvisorBackend.runtime,
         }.get(dut.transport, HvisorBackend.daemon)
-        if make is HvisorBackend.daemon:
-            kwargs.pop("extra_args", None)  # the daemon has no options of ours
         be = make(
             str(dut.binary),
             str(image),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..guest.backend import Backend, BackendError
 from ..guest.blk import BlkDevice
@@ -86,25 +87,18 @@ class HvisorBackend(Backend):
 
     @classmethod
     def daemon(
-        cls,
-        binary: str,
-        image: str,
-        log_dir: str | os.PathLike[str],
-        *,
-        prefix: Sequence[str] = (),
-        read_only: bool = False,
-        name: str = "hvisor-tool",
-        env: Mapping[str, str] | None = None,
+        cls, binary: str, image: str, log_dir: str | os.PathLike[str], **kwargs: Any
     ) -> HvisorBackend:
-        """hvisor-tool's daemon linked with the stand-in: ``hvisor virtio start CFG``."""
-        return cls(
-            [*prefix, binary, "virtio", "start", "{config}"],
-            image,
-            log_dir,
-            name=name,
-            read_only=read_only,
-            env=env,
-        )
+        """hvisor-tool's daemon linked with the stand-in: ``prefix hvisor virtio start CFG``.
+
+        Takes :meth:`runtime`'s keywords; ``extra_args`` are not the daemon's and are dropped.
+        """
+        prefix = kwargs.pop("prefix", ())
+        kwargs.pop("extra_args", None)
+        kwargs.setdefault("name", "hvisor-tool")
+        be = cls.runtime(binary, image, log_dir, **kwargs)
+        be.argv = [*prefix, binary, "virtio", "start", "{config}"]
+        return be
 
     # -- life cycle ----------------------------------------------------------------
 

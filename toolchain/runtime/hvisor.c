@@ -149,22 +149,6 @@ static VirtQueue *selected(VirtIODevice *vdev, const char *reg) {
     return &vdev->vqs[vdev->regs.queue_sel];
 }
 
-/* HEAD's virtqueue_reset: wipe all but handler, device, index and limit. */
-static void wipe_queue(VirtQueue *vq) {
-    int (*handler)(VirtIODevice *, VirtQueue *) = vq->notify_handler;
-    VirtIODevice *dev = vq->dev;
-    uint32_t num_max = vq->queue_num_max;
-    uint64_t idx = vq->vq_idx;
-
-    pthread_mutex_destroy(&vq->used_ring_lock);
-    memset(vq, 0, sizeof(*vq));
-    vq->notify_handler = handler;
-    vq->dev = dev;
-    vq->queue_num_max = num_max;
-    vq->vq_idx = idx;
-    pthread_mutex_init(&vq->used_ring_lock, NULL);
-}
-
 /* HEAD's virtio_dev_reset, in HEAD's order. */
 static void reset_device(VirtIODevice *vdev) {
     VirtQueue *vq;
@@ -181,7 +165,7 @@ static void reset_device(VirtIODevice *vdev) {
     if (virtio_blk_ops.reset != NULL)
         virtio_blk_ops.reset(vdev);
     for (i = 0; i < vdev->vqs_len; i++)
-        wipe_queue(&vdev->vqs[i]);
+        rt_wipe_queue(&vdev->vqs[i]);
     vdev->activated = false;
 }
 

@@ -29,6 +29,10 @@ void rt_signal_call(VirtQueue *vq);
  */
 extern bool rt_hvisor_core;
 
+/* Returns a queue to its just-created state, as hvisor's virtqueue_reset:
+ * everything but the handler, device, index and size limit is zeroed. */
+void rt_wipe_queue(VirtQueue *vq);
+
 /* Called when the pair makes the core do what crashes HEAD: log, abort. */
 _Noreturn void rt_board_crash(const char *what, const VirtQueue *vq);
 

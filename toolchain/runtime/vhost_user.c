@@ -368,22 +368,6 @@ static bool translate_rings(unsigned i) {
     return true;
 }
 
-/* Returns a queue to its just-created state (hvisor's virtqueue reset). */
-static void reset_vq(VirtQueue *vq) {
-    VirtIODevice *dev = vq->dev;
-    uint64_t idx = vq->vq_idx;
-    uint32_t max = vq->queue_num_max;
-    int (*handler)(VirtIODevice *, VirtQueue *) = vq->notify_handler;
-
-    pthread_mutex_destroy(&vq->used_ring_lock);
-    memset(vq, 0, sizeof(*vq));
-    vq->dev = dev;
-    vq->vq_idx = idx;
-    vq->queue_num_max = max;
-    vq->notify_handler = handler;
-    pthread_mutex_init(&vq->used_ring_lock, NULL);
-}
-
 static void stop_kick(struct vq_state *s) {
     if (s->kick_watched)
         ep_del(s->kick_fd);
@@ -412,7 +396,7 @@ static void reset_device_state(void) {
     g_vdev->regs.drv_feature = 0;
     g_vdev->activated = false;
     for (i = 0; i < g_vdev->vqs_len; i++) {
-        reset_vq(&g_vdev->vqs[i]);
+        rt_wipe_queue(&g_vdev->vqs[i]);
         release_vq_fds(&g_vq[i]);
         g_vq[i].enabled = false;
         g_vq[i].addr_set = false;

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 bool rt_hvisor_core;
 
@@ -48,6 +49,22 @@ void rw_barrier(void) {
 }
 
 bool virtqueue_is_empty(VirtQueue *vq) { return vq_is_empty(vq); }
+
+/* hvisor's virtqueue_reset: all but handler, device, index and limit. */
+void rt_wipe_queue(VirtQueue *vq) {
+    int (*handler)(VirtIODevice *, VirtQueue *) = vq->notify_handler;
+    VirtIODevice *dev = vq->dev;
+    uint32_t num_max = vq->queue_num_max;
+    uint64_t idx = vq->vq_idx;
+
+    pthread_mutex_destroy(&vq->used_ring_lock);
+    memset(vq, 0, sizeof(*vq));
+    vq->notify_handler = handler;
+    vq->dev = dev;
+    vq->queue_num_max = num_max;
+    vq->vq_idx = idx;
+    pthread_mutex_init(&vq->used_ring_lock, NULL);
+}
 
 /*
  * Location of the avail_event word: the u16 that follows the num used
