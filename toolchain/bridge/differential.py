@@ -12,7 +12,9 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-DUT_ID = re.compile(r"(?P<spec>[\w.-]+)@(?P<target>[\w-]+)@(?P<transport>[\w-]+)")
+DUT_ID = re.compile(
+    r"(?P<spec>[\w.-]+)@(?P<target>[\w-]+)@(?P<transport>vhost-user|hvisor-tool|hvisor|upstream)"
+)
 
 
 def outcome(case: ET.Element) -> str:
