@@ -103,7 +103,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Remember where each device test runs; skip vhost-user-only tests elsewhere."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None or "dut" not in callspec.params:
+        if callspec is None or not isinstance(callspec.params.get("dut"), tuple):
             continue
         _, target, transport = callspec.params["dut"]
         _WHERE_OF_ITEM[item.nodeid] = (transport, target)
@@ -237,6 +237,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         only = metafunc.definition.get_closest_marker("only_transport")
         if only is not None:  # the test is about one transport (family)
             configs = [c for c in configs if FAMILY[c[2]] == only.args[0]]
+            if not configs:
+                reason = f"runs on the {only.args[0]} transport, which --transports left out"
+                metafunc.parametrize("dut", [pytest.param(None, marks=pytest.mark.skip(reason))])
+                return
         metafunc.parametrize(
             "dut",
             configs,
