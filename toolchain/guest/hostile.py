@@ -355,6 +355,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def thread_cpu_seconds(pid: int, main: bool = True) -> float:
+    """User + system CPU time of ``pid``'s threads; without the main thread if not ``main``."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if not main and int(tid) == pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
 def fd_count(pid: int) -> int:
     """Open file descriptors of process ``pid``."""
     return len(os.listdir(f"/proc/{pid}/fd"))
