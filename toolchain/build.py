@@ -13,6 +13,10 @@ from .tools import require
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
 BINARY = "vhost-user-blk"
+#: The checkout's root: paths under it are recorded relative to it in the
+#: binary (__FILE__ in log lines, debug info), so the same commit built with
+#: the same compiler gives the same bytes in any folder.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ def compile_command(
         *target.cflags,
         *WARNINGS,
         *extra_cflags,
+        f"-ffile-prefix-map={SOURCE_ROOT}/=",
         f"-I{generated}",
         f"-I{RUNTIME_DIR}",
         *(str(s) for s in sources(generated)),
@@ -81,7 +86,8 @@ def compile_cached(cmd: list[str], inputs: list[Path], binary: Path) -> BuildRes
     if binary.is_file() and stamp.is_file() and stamp.read_text() == digest.hexdigest():
         return BuildResult(binary, rebuilt=False)
     (out_dir / "build.cmd").write_text(shlex.join(cmd) + "\n")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # From the root: the compile directory is recorded too (debug info).
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=SOURCE_ROOT)
     (out_dir / "build.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         stamp.unlink(missing_ok=True)
