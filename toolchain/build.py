@@ -51,7 +51,7 @@ def compile_command(
         *target.cflags,
         *WARNINGS,
         *extra_cflags,
-        f"-ffile-prefix-map={SOURCE_ROOT}/=",
+        f"-ffile-prefix-map={SOURCE_ROOT}=.",
         f"-I{generated}",
         f"-I{RUNTIME_DIR}",
         *(str(s) for s in sources(generated)),
