@@ -54,9 +54,9 @@ VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
 #: zone0_ipa = zonex_ipa + this: the root zone sees guest RAM elsewhere than
 #: the guest does, so a device that mixes the two address spaces fails.
 ZONE0_OFFSET = 0x40_0000_0000
-#: After this long without progress, a request is re-announced through the
-#: eventfd (Python has no full fence between storing req_rear and loading
-#: need_wakeup; hvisor has one).
+#: After this long without progress while a vCPU waits, a request is
+#: re-announced through the eventfd: a second line of defence should the
+#: fence in access() not hold.
 REANNOUNCE_S = 0.002
 
 
@@ -309,6 +309,11 @@ class BridgeWorld:
             cpu, address, size, value & 0xFFFF_FFFF_FFFF_FFFF, zone, int(write), need_interrupt, 0
         )
         self.page[OFF_REQ_REAR : OFF_REQ_REAR + 4] = ((rear + 1) % MAX_REQ).to_bytes(4, "little")
+        # hvisor has a full fence between the store of req_rear and the load of
+        # need_wakeup (the daemon's side of the handshake has one too). Python
+        # has none; releasing and retaking the GIL takes locked instructions, a
+        # full barrier on x86, so the load below cannot pass the store.
+        time.sleep(0)
         if self.page[OFF_NEED_WAKEUP]:
             self._wake()
         if need_interrupt:
