@@ -48,12 +48,10 @@ class HvisorBackend(Backend):
         read_only: bool = False,
         env: Mapping[str, str] | None = None,
         start_timeout: float = 10.0,
-        cwd: str | None = None,
     ) -> None:
         super().__init__(argv, "", log_dir, name, start_timeout, env=env)
         self.image = image
         self.read_only = read_only
-        self.cwd = cwd
         self.world: BridgeWorld | None = None
         self.neighbour: GuestMemory | None = None
         self.device = Device(

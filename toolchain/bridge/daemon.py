@@ -67,11 +67,6 @@ class Daemon:
     revision: str
     log: Path
 
-    @property
-    def prefix(self) -> list[str]:
-        """argv prefix that runs the binary (qemu-aarch64 for arm64)."""
-        return list(self.arch.runner)
-
 
 def _copy_tree(tree: Path, dest: Path) -> None:
     if dest.exists():

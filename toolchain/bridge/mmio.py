@@ -94,7 +94,6 @@ class MmioTransport(Transport):
         self.timeout = timeout
         self.status = 0
         self.interrupts = 0  # interrupts taken (line raised, status read, acked)
-        self.isr_seen = 0  # OR of every InterruptStatus read
 
     # -- register access ------------------------------------------------------------
 
@@ -189,7 +188,6 @@ class MmioTransport(Transport):
         if not self.world.take_irqs(self.zone, self.device.irq):
             return 0
         isr = self.read(INTERRUPT_STATUS)
-        self.isr_seen |= isr
         if isr:
             self.write(INTERRUPT_ACK, isr)
         self.interrupts += 1

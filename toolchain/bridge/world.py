@@ -18,7 +18,6 @@ import array
 import json
 import mmap
 import os
-import select
 import socket
 import struct
 import tempfile
@@ -336,13 +335,6 @@ class BridgeWorld:
                 raise BridgeError(f"the daemon went away while hvisor waited for {what}")
             self.kick_if_asleep()
         time.sleep(0 if now - self._spin_start < 0.0002 else 0.00005)
-
-    def wait_interrupt(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the socket to become readable; pump."""
-        if self.conn is None:
-            return False
-        readable, _, _ = select.select([self.conn], [], [], max(0.0, timeout))
-        return bool(readable) and self.pump() > 0
 
     # -- life cycle -----------------------------------------------------------------------
 

@@ -380,13 +380,6 @@ class BlkDevice:
             else 0
         )
 
-    @property
-    def transport_name(self) -> str:
-        """'vhost-user', 'hvisor', ... (of the live transport)."""
-        if self.transport is None:
-            raise BlkError("not connected")
-        return self.transport.name
-
     def connect(self, socket_path: str, connect_timeout: float = 10.0) -> None:
         """vhost-user: connect to ``socket_path`` and initialise the device."""
         self.attach(VhostUserTransport(socket_path, self.timeout, connect_timeout))

@@ -381,7 +381,7 @@ static int64_t now_ns(void) {
 static void consume_requests(void) {
     volatile struct hvdev_bridge *b = g_bridge;
     uint32_t front = __atomic_load_n(&b->req_front, __ATOMIC_RELAXED);
-    int64_t idle_since = now_ns();
+    int64_t idle_since = 0; /* 0: busy; the clock is read only when idle */
 
     __atomic_store_n(&b->need_wakeup, 0, __ATOMIC_RELAXED);
     for (;;) {
@@ -392,9 +392,11 @@ static void consume_requests(void) {
             handle_req(&b->req_list[front & (HVDEV_MAX_REQ - 1)]);
             front = (front + 1) & (HVDEV_MAX_REQ - 1);
             __atomic_store_n(&b->req_front, front, __ATOMIC_RELEASE);
-            idle_since = now_ns();
+            idle_since = 0;
             continue;
         }
+        if (idle_since == 0)
+            idle_since = now_ns();
         if (now_ns() - idle_since < HV_POLL_NS)
             continue;
         __atomic_store_n(&b->need_wakeup, 1, __ATOMIC_RELAXED);
