@@ -331,10 +331,12 @@ def start_backend(
     yield start
     codes = []
     for be in started:
-        if be.proc is None or getattr(be, "death_reported", False):
-            codes.append(0)  # never started (hvisor), or its death failed the test already
-        else:
-            codes.append(be.stop() if be.alive() else be.returncode)
+        if be.proc is None:  # an hvisor backend no driver ever attached to
+            codes.append(0)
+        elif be.alive() or be.returncode is None:  # running, or died and never reaped
+            codes.append(be.stop())
+        else:  # stopped by the test (a deliberate kill records 0)
+            codes.append(be.returncode)
         if isinstance(be, HvisorBackend):
             assert not be.neighbour_changes(), f"{be.name} wrote another zone's RAM"
         be.cleanup()
