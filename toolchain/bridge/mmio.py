@@ -9,6 +9,7 @@ registers, config space read 32 bits at a time).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from ..guest.transport import Signals, Transport, TransportError
@@ -111,9 +112,20 @@ class MmioTransport(Transport):
         )
 
     def set_status(self, bits: int) -> None:
-        """OR ``bits`` into the device status (0 resets)."""
+        """OR ``bits`` into the device status (0 resets, and waits for the reset).
+
+        virtio 1.2 section 2.1.2: after writing 0 to device status the driver
+        MUST wait for a read of device status to return 0 before
+        reinitializing the device.
+        """
         self.status = self.status | bits if bits else 0
         self.write(STATUS, self.status)
+        if bits:
+            return
+        deadline = time.monotonic() + self.timeout
+        while self.read(STATUS) != 0:
+            if time.monotonic() > deadline:
+                raise TransportError(f"device status did not read 0 {self.timeout}s after reset")
 
     # -- Transport --------------------------------------------------------------------
 
@@ -198,7 +210,7 @@ class MmioTransport(Transport):
         try:
             if self.world.conn is not None:
                 self.set_status(0)
-        except BridgeError:
+        except (BridgeError, TransportError):
             pass
 
     def reopen(self) -> Transport:
