@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..guest.transport import Signals, Transport, TransportError
+from ..guest.transport import NeedsReset, Signals, Transport, TransportError
 from .world import BridgeError, BridgeWorld, Device
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ class MmioTransport(Transport):
         self.timeout = timeout
         self.status = 0
         self.interrupts = 0  # interrupts taken (line raised, status read, acked)
+        self.isr_seen = 0  # every InterruptStatus bit read since initialisation
 
     # -- register access ------------------------------------------------------------
 
@@ -200,10 +201,26 @@ class MmioTransport(Transport):
         if not self.world.take_irqs(self.zone, self.device.irq):
             return 0
         isr = self.read(INTERRUPT_STATUS)
+        self.isr_seen |= isr
         if isr:
             self.write(INTERRUPT_ACK, isr)
         self.interrupts += 1
         return 1
+
+    def needs_reset(self) -> NeedsReset | None:
+        """DEVICE_NEEDS_RESET in Status (polled: HEAD's core cannot raise the interrupt).
+
+        Also reports whether InterruptStatus has the configuration-change bit
+        pending or the driver took one since initialisation; the pending bit
+        is left for the interrupt handler to acknowledge.
+        """
+        status = self.read(STATUS)
+        if not status & DEVICE_NEEDS_RESET:
+            return None
+        isr = self.read(INTERRUPT_STATUS)
+        return NeedsReset(
+            self.name, f"Status reads {status:#x}", bool((isr | self.isr_seen) & INT_CONFIG)
+        )
 
     def close(self) -> None:
         """Reset the device (STATUS = 0); nothing to do if the daemon is gone."""

@@ -11,6 +11,7 @@ from .blk import (
 )
 from .memory import GuestMemory, GuestMemoryError
 from .shadow import ShadowDisk, ShadowMismatch
+from .transport import NeedsReset
 from .vhost_user import ProtocolFeature, Request, VhostUserError, VhostUserFrontend
 from .virtq import SplitVirtqueue, UsedElem, VirtqueueError
 
@@ -25,6 +26,7 @@ __all__ = [
     "Completion",
     "GuestMemory",
     "GuestMemoryError",
+    "NeedsReset",
     "ProtocolFeature",
     "Request",
     "ShadowDisk",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Self
 
 from .memory import GuestMemory
-from .transport import Transport, TransportError, VhostUserTransport
+from .transport import NeedsReset, Transport, TransportError, VhostUserTransport
 from .vhost_user import F_PROTOCOL_FEATURES, VhostUserFrontend
 from .virtq import BufferSpec, SplitVirtqueue, VirtqueueError
 
@@ -448,6 +448,22 @@ class BlkDevice:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def needs_reset(self) -> NeedsReset | None:
+        """Whether the device has told us it needs a reset (virtio 1.2 section 2.1.2).
+
+        vhost-user: the backend closed the connection; virtio-mmio: Status has
+        DEVICE_NEEDS_RESET. Recover with :meth:`reconnect`.
+        """
+        if self.transport is None:
+            raise BlkError("not connected")
+        return self.transport.needs_reset()
+
+    def wait_needs_reset(self, timeout: float | None = None) -> NeedsReset | None:
+        """Wait (default: the request timeout) for the device to say it needs a reset."""
+        if self.transport is None:
+            raise BlkError("not connected")
+        return self.transport.wait_needs_reset(self.timeout if timeout is None else timeout)
 
     # -- queue control ----------------------------------------------------------------
 

@@ -7,12 +7,21 @@ gets :class:`Signals` from its transport: how to kick the device and how an
 interrupt from it is seen.  Everything above (split virtqueues, blk
 requests, shadow disk) is the same over every transport, so a test written
 once runs over all of them.
+
+A device that finds a ring breaking a rule stops using it and tells the
+driver it needs a reset (virtio 1.2 section 2.1.2, DEVICE_NEEDS_RESET); how
+the driver learns that is the transport's: :meth:`Transport.needs_reset`
+and :meth:`Transport.wait_needs_reset` answer it the same way everywhere.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import socket
+import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .vhost_user import F_PROTOCOL_FEATURES, ProtocolFeature, VhostUserFrontend, eventfd
@@ -24,6 +33,24 @@ if TYPE_CHECKING:
 
 class TransportError(Exception):
     """The transport cannot do what was asked (e.g. a vhost-user-only operation)."""
+
+
+@dataclass(frozen=True)
+class NeedsReset:
+    """The device told the driver it needs a reset (virtio 1.2 section 2.1.2).
+
+    ``how`` says what the driver saw: the vhost-user backend closed the
+    connection (libvhost-user's way on a broken ring), or virtio-mmio's
+    Status register with DEVICE_NEEDS_RESET (0x40) set.
+    ``config_interrupt`` is whether virtio-mmio's InterruptStatus had the
+    configuration-change bit (0x2) pending, or the driver has taken one
+    since initialisation (virtio 1.2 sections 2.1.2, 4.2.2); None on a
+    transport without such a bit.
+    """
+
+    transport: str
+    how: str
+    config_interrupt: bool | None = None
 
 
 class Signals(ABC):
@@ -109,6 +136,19 @@ class Transport(ABC):
     def reopen(self) -> Transport:
         """A transport to the same device for a fresh initialisation."""
 
+    @abstractmethod
+    def needs_reset(self) -> NeedsReset | None:
+        """Whether the device has told the driver it needs a reset (no waiting)."""
+
+    def wait_needs_reset(self, timeout: float, interval: float = 0.005) -> NeedsReset | None:
+        """Wait up to ``timeout`` seconds for the device to say it needs a reset."""
+        deadline = time.monotonic() + timeout
+        while True:
+            told = self.needs_reset()
+            if told is not None or time.monotonic() >= deadline:
+                return told
+            time.sleep(interval)
+
     # vhost-user-only operations; other transports refuse them with a reason.
     def stop_queue(self, index: int) -> int:
         """Stop a queue and return the device's next avail index."""
@@ -162,6 +202,32 @@ class VhostUserTransport(Transport):
 
     def stop_queue(self, index: int) -> int:
         return self.frontend.get_vring_base(index)
+
+    def needs_reset(self) -> NeedsReset | None:
+        return self.wait_needs_reset(0)
+
+    def wait_needs_reset(self, timeout: float, interval: float = 0.005) -> NeedsReset | None:
+        """The backend closed the connection (EOF or reset) within ``timeout``.
+
+        Without a backend-initiated channel (none is negotiated) the backend
+        never sends anything unasked, so a readable socket means it is gone.
+        A backend that died looks the same: check that it is alive.
+        """
+        sock = self.frontend.sock
+        if sock.fileno() < 0:
+            raise TransportError(f"{self.name}: the frontend closed the connection itself")
+        readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
+        if not readable:
+            return None
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:  # ECONNRESET: closed with unread data
+            return NeedsReset(self.name, f"the backend closed the connection ({e.strerror})")
+        if data:
+            raise TransportError(f"{self.name}: the backend sent a message nobody asked for")
+        return NeedsReset(self.name, "the backend closed the connection")
 
     def close(self) -> None:
         self.frontend.close()

@@ -136,6 +136,19 @@ void hv_signal_call(VirtQueue *vq) {
     pthread_mutex_unlock(&vdev->interrupt_lock);
 }
 
+/*
+ * The device set DEVICE_NEEDS_RESET in regs.status and CONFIG in
+ * regs.interrupt_status.  HEAD has no such hook (the device finds it NULL
+ * there) and no way to raise an interrupt without a new used entry, so this
+ * core does nothing either: the driver sees the bit when it reads Status.
+ */
+void hv_needs_reset(VirtIODevice *vdev) {
+    log_warn("zone %u: the device needs a reset (status %#x); the driver "
+             "sees it in Status",
+             vdev->zone_id,
+             __atomic_load_n(&vdev->regs.status, __ATOMIC_RELAXED));
+}
+
 /* ---- registers --------------------------------------------------------- */
 
 /* The selected queue, or NULL (logged) where HEAD would index out of range. */

@@ -24,6 +24,14 @@ void rt_signal_call(VirtQueue *vq) {
         vu_signal_call(vq);
 }
 
+/* The device tells the driver its queue is broken (runtime.h). */
+void virtio_dev_needs_reset(VirtIODevice *vdev) {
+    if (g_hvisor)
+        hv_needs_reset(vdev);
+    else
+        vu_needs_reset(vdev);
+}
+
 static void usage(FILE *out, const char *prog) {
     fprintf(
         out,

@@ -29,6 +29,17 @@ void rt_signal_call(VirtQueue *vq);
  */
 extern bool rt_hvisor_core;
 
+/*
+ * The optional core hook a device calls after it has set
+ * VIRTIO_CONFIG_S_NEEDS_RESET in regs.status (and VIRTIO_MMIO_INT_CONFIG in
+ * regs.interrupt_status): a ring broke a rule and the device stops using it
+ * until a reset.  Devices declare it weak themselves (hvisor-tool HEAD does
+ * not define it, so there it is NULL and never called); main.c defines it
+ * and forwards to the transport.  Callable from any thread, never blocks,
+ * never calls back into the device.
+ */
+void virtio_dev_needs_reset(VirtIODevice *vdev);
+
 /* Returns a queue to its just-created state, as hvisor's virtqueue_reset:
  * everything but the handler, device, index and size limit is zeroed. */
 void rt_wipe_queue(VirtQueue *vq);
@@ -47,8 +58,10 @@ struct rt_options {
 /* The transports' hooks (main.c selects one). */
 void *vu_gpa_to_hva(uint64_t gpa, int zone_id);
 void vu_signal_call(VirtQueue *vq);
+void vu_needs_reset(VirtIODevice *vdev);
 void *hv_gpa_to_hva(uint64_t gpa, int zone_id);
 void hv_signal_call(VirtQueue *vq);
+void hv_needs_reset(VirtIODevice *vdev);
 
 /*
  * Creates a device as hvisor-tool's create_virtio_device() does: the ops

@@ -9,6 +9,9 @@
  *   SIGINT / SIGTERM           -> ops.close() (device joins its threads)
  *   GET_CONFIG                 -> bytes of the config struct that is the
  *                                 first member of vdev->dev
+ *   virtio_dev_needs_reset()   -> the frontend is dropped (device reset),
+ *                                 the next one accepted (libvhost-user's
+ *                                 vu_panic on a broken ring)
  *
  * Everything the frontend sends is validated before use.  The main thread
  * only rewrites ring state while the device is quiescent (after ops.reset),
@@ -29,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -180,7 +184,7 @@ struct vq_state {
     uint64_t used_uaddr;
 };
 
-enum ep_kind { EP_LISTEN = 1, EP_CONN, EP_SIGNAL, EP_KICK };
+enum ep_kind { EP_LISTEN = 1, EP_CONN, EP_SIGNAL, EP_KICK, EP_NEEDS_RESET };
 
 static VirtIODevice *g_vdev;
 static const struct virtio_device_ops *g_ops = &virtio_blk_ops;
@@ -193,6 +197,9 @@ static int g_epfd = -1;
 static int g_listen_fd = -1;
 static int g_conn_fd = -1;
 static int g_signal_fd = -1;
+/* Written by any device thread (virtio_dev_needs_reset), read and drained by
+ * the main thread; the fd itself is set before the device exists. */
+static int g_needs_reset_fd = -1;
 
 static uint64_t ep_tag(enum ep_kind kind, uint32_t idx) {
     return ((uint64_t)kind << 32) | idx;
@@ -386,11 +393,23 @@ static void release_vq_fds(struct vq_state *s) {
     close_fd(&s->err_fd);
 }
 
+/* Forgets a pending "needs reset": the device has just been reset. */
+static void drain_needs_reset(void) {
+    uint64_t n;
+
+    while (read(g_needs_reset_fd, &n, sizeof(n)) < 0 && errno == EINTR)
+        ;
+}
+
 /* Full virtio reset of the device's transport-visible state. */
 static void reset_device_state(void) {
     unsigned i;
 
     quiesce_device();
+    /* The device's threads are parked: a request for a reset made before
+     * this point is answered by it, and none can arrive until the next
+     * notify. */
+    drain_needs_reset();
     g_vdev->regs.status = 0;
     g_vdev->regs.interrupt_status = 0;
     g_vdev->regs.drv_feature = 0;
@@ -424,6 +443,24 @@ void vu_signal_call(VirtQueue *vq) {
     /* EAGAIN means the counter is saturated: the frontend is notified. */
     if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
         log_debug("queue %u: call write failed: %s", (unsigned)vq->vq_idx,
+                  strerror(errno));
+}
+
+/*
+ * The device found a ring that breaks a rule and stopped using it.  Any
+ * thread may call this, the device's worker included, possibly with its own
+ * locks held: so the main loop is only woken (the eventfd), and there drops
+ * the frontend, which resets the device (and joins or parks its threads)
+ * exactly as on a disconnect.
+ */
+void vu_needs_reset(VirtIODevice *vdev) {
+    const uint64_t one = 1;
+
+    if (vdev == NULL || vdev != g_vdev)
+        return;
+    /* EAGAIN: the counter is saturated, the main loop is woken anyway. */
+    if (write(g_needs_reset_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        log_error("cannot wake the main loop for a device reset: %s",
                   strerror(errno));
 }
 
@@ -1106,6 +1143,20 @@ static void accept_connection(void) {
     log_info("frontend connected");
 }
 
+/* Main loop: the device asked for a reset (vu_needs_reset). */
+static void handle_needs_reset(void) {
+    uint64_t n;
+
+    if (read(g_needs_reset_fd, &n, sizeof(n)) != sizeof(n))
+        return; /* drained by a reset meanwhile */
+    if (g_conn_fd < 0)
+        return;
+    log_error("the device needs a reset (status %#x): closing the frontend "
+              "connection",
+              __atomic_load_n(&g_vdev->regs.status, __ATOMIC_RELAXED));
+    drop_connection();
+}
+
 static void handle_kick(uint32_t idx) {
     struct vq_state *s;
     uint64_t v;
@@ -1205,6 +1256,7 @@ static void shutdown_all(const struct rt_options *opts) {
     close_fd(&g_conn_fd);
     close_fd(&g_listen_fd);
     close_fd(&g_signal_fd);
+    close_fd(&g_needs_reset_fd);
     close_fd(&g_epfd);
     if (opts->socket_path != NULL)
         unlink(opts->socket_path);
@@ -1227,9 +1279,10 @@ int rt_run(const struct rt_options *opts) {
     sigaddset(&term, SIGINT);
     sigaddset(&term, SIGTERM);
     g_signal_fd = signalfd(-1, &term, SFD_CLOEXEC | SFD_NONBLOCK);
+    g_needs_reset_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     g_epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (g_signal_fd < 0 || g_epfd < 0) {
-        log_fatal("signalfd/epoll: %s", strerror(errno));
+    if (g_signal_fd < 0 || g_needs_reset_fd < 0 || g_epfd < 0) {
+        log_fatal("signalfd/eventfd/epoll: %s", strerror(errno));
         return 1;
     }
 
@@ -1239,7 +1292,8 @@ int rt_run(const struct rt_options *opts) {
 
     g_listen_fd = open_listener(opts);
     if (g_listen_fd < 0 || ep_add(g_listen_fd, EP_LISTEN, 0) < 0 ||
-        ep_add(g_signal_fd, EP_SIGNAL, 0) < 0) {
+        ep_add(g_signal_fd, EP_SIGNAL, 0) < 0 ||
+        ep_add(g_needs_reset_fd, EP_NEEDS_RESET, 0) < 0) {
         if (g_listen_fd >= 0)
             log_fatal("epoll: %s", strerror(errno));
         g_ops->close(g_vdev);
@@ -1287,6 +1341,9 @@ int rt_run(const struct rt_options *opts) {
             }
             case EP_KICK:
                 handle_kick(idx);
+                break;
+            case EP_NEEDS_RESET:
+                handle_needs_reset();
                 break;
             default:
                 break;

@@ -5,12 +5,18 @@
  * build against either.  The implementation behind it (virtio.c,
  * vhost_user.c) serves the device over the vhost-user protocol instead of
  * hvisor's MMIO trap path.
+ *
+ * The kernel headers are the ones HEAD's header includes, so a device sees
+ * the same macros here as in an hvisor-tool tree: VIRTIO_CONFIG_S_NEEDS_RESET
+ * (linux/virtio_config.h), VIRTIO_MMIO_INT_VRING / VIRTIO_MMIO_INT_CONFIG
+ * (linux/virtio_mmio.h).
  */
 #ifndef HVISOR_RT_VIRTIO_H
 #define HVISOR_RT_VIRTIO_H
 
 #include "cJSON.h"
 #include <linux/virtio_config.h>
+#include <linux/virtio_mmio.h>
 #include <linux/virtio_ring.h>
 #include <pthread.h>
 #include <stdbool.h>
