@@ -14,13 +14,14 @@ and then checks that
   read or write past its ends kills the daemon and fails the test,
 - after a reset (STATUS = 0) and a fresh initialisation, the device works.
 
-Cases today's pair fails are marked xfail with the finding; the board-hazards
-issue fixes them.
+The pair keeps its own copy of the ring it validated and compares the live
+fields with it before each pass and each call into the core that reads them
+(docs/conformance.md): a rewrite it meets there breaks the queue (the driver
+reads DEVICE_NEEDS_RESET), one that lands during a pass is never followed.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -116,21 +117,6 @@ def hostile(
     return ok, watch
 
 
-def findings(when: str, request: pytest.FixtureRequest, text: str, before_kick: bool) -> None:
-    """Mark today's finding: certain before the kick (``before_kick``), a race in flight.
-
-    Measured on every spec x target: the pair re-checks its rings when a pass
-    starts, so a rewrite it meets at the start of a pass is caught, except a
-    larger QueueNum; one that lands during a pass is followed.
-    """
-    if os.environ.get("BLKGEN_NO_XFAIL"):  # see them fail
-        return
-    if when == "in-flight":
-        request.applymarker(pytest.mark.xfail(reason=f"finding (a race): {text}", strict=False))
-    elif before_kick:
-        request.applymarker(pytest.mark.xfail(reason=f"finding: {text}", strict=True))
-
-
 def allowed(dev: BlkDevice, reqs: list[BlkRequest]) -> list[Range]:
     """Rings (at the size the driver set up) and the writable buffers of ``reqs``."""
     out: list[Range] = []
@@ -198,9 +184,6 @@ def snapshot(dev: BlkDevice) -> MemoryWatch:
 # ---- QueueNum ------------------------------------------------------------------------------
 
 
-NUM_FINDING = "the pair indexes the rings with the live QueueNum the guest rewrote"
-
-
 @pytest.mark.parametrize("when", WHEN)
 @pytest.mark.parametrize("factor", [2, 64])
 def test_queue_num_enlarged_with_requests_in_flight_stays_inside_the_rings(
@@ -210,10 +193,8 @@ def test_queue_num_enlarged_with_requests_in_flight_stays_inside_the_rings(
     shadow: ShadowDisk,
     factor: int,
     when: str,
-    request: pytest.FixtureRequest,
 ) -> None:
     """Across the ring's wrap: a slot index the old size masks and the new one does not."""
-    findings(when, request, NUM_FINDING, before_kick=True)
     advance(zdev, queue_size(dut) - IN_FLIGHT // 2)
     ok, watch = hostile(zdev, when, lambda: select_write(zdev, QUEUE_NUM, queue_size(dut) * factor))
     recover_and_check(zdev, backend, dut, shadow, watch, ok)
@@ -228,10 +209,7 @@ def test_queue_num_shrunk_or_not_a_power_of_two_with_requests_in_flight_stays_in
     shadow: ShadowDisk,
     num: int,
     when: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if num == 0:  # 1 and 3 keep every index inside the old ring
-        findings(when, request, NUM_FINDING, before_kick=False)
     advance(zdev, queue_size(dut) - IN_FLIGHT // 2)
     ok, watch = hostile(zdev, when, lambda: select_write(zdev, QUEUE_NUM, num))
     recover_and_check(zdev, backend, dut, shadow, watch, ok)
@@ -262,13 +240,8 @@ def test_a_ring_moved_by_a_high_write_with_requests_in_flight_is_never_followed_
     ring: str,
     where: str,
     when: str,
-    request: pytest.FixtureRequest,
 ) -> None:
     """Low is OR-ed in, High re-translates: the guest can point a live ring anywhere."""
-    if where != "elsewhere-in-ram":
-        findings(
-            when, request, "the pair follows ring pointers the guest re-translated under it", False
-        )
     low, high = RINGS[ring]
     gpa = ring_gpa(zdev, ring)
 
@@ -288,15 +261,17 @@ def test_a_ring_moved_by_a_high_write_with_requests_in_flight_is_never_followed_
 
 
 @pytest.mark.parametrize("ring", sorted(RINGS))
-def test_a_low_half_rewritten_without_a_high_changes_nothing(
+def test_a_low_half_rewritten_without_a_high_is_refused_not_guessed(
     zdev: BlkDevice, backend: Backend, dut: DeviceUnderTest, shadow: ShadowDisk, ring: str
 ) -> None:
-    """HEAD only translates on a High write: the live pointer stays where it was."""
+    """HEAD only translates on a High write: after a Low write alone the core's pointer
+    and the ring address disagree. The device does not guess which ring the driver
+    meant: nothing completes, Status says DEVICE_NEEDS_RESET, a reset recovers."""
     low, _ = RINGS[ring]
     select_write(zdev, low, 0x0040_0000)
     ok, watch = load(zdev)
-    done = zdev.complete()
-    assert [c.status for c in done] == [VIRTIO_BLK_S_OK] * IN_FLIGHT
+    assert zdev.queues[0].wait_used(settle(dut), 1) == []
+    assert zdev.wait_needs_reset() is not None
     recover_and_check(zdev, backend, dut, shadow, watch, ok)
 
 
@@ -306,17 +281,8 @@ def test_a_misaligned_ring_is_refused_without_a_fault(
     backend: Backend,
     shadow: ShadowDisk,
     ring: str,
-    request: pytest.FixtureRequest,
 ) -> None:
     """virtio 1.2 2.7: desc 16, avail 2, used 4 bytes; an odd avail faults ldarh on the board."""
-    if ring == "avail" and dut.target.emulated:  # qemu-aarch64 faults like the RK3588
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="finding: the pair does not check ring alignment before its first "
-                "acquire load (ldarh of an odd avail->idx: SIGBUS)",
-                strict=True,
-            )
-        )
     d = dut.driver(memory=GuestMemory([(RAM_GPA, RAM_SIZE)]), queue_size=queue_size(dut))
     with d:
         backend.attach(d)

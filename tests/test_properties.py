@@ -5,8 +5,9 @@ lengths, addresses inside and outside guest memory, random headers, types and
 sectors) and posts them to one backend per test function. After every example
 the same invariants are checked:
 
-- exactly one completion arrives, for the head that was published (or, in the
-  avail-ring test, the device refuses the ring and is reset);
+- exactly one completion arrives, for the head that was published, or, when
+  the model says the chain's structure cannot be trusted (docs/conformance.md),
+  none, and the device says it needs a reset (then it is reset);
 - guest memory changed only in writable buffers the chain really offers (the
   whole of guest RAM is compared), and the used length never exceeds them;
 - the status byte, when the device wrote one, is 0, 1 or 2, and is what the
@@ -244,7 +245,9 @@ def lay_out(mem: GuestMemory, case: Case) -> tuple[dict[int, Desc], int, Aligned
 
 @dataclass
 class Prediction:
-    """What the device may do: acceptable (status, used len); writes it may make."""
+    """What the device must do: the (status, used len) outcomes it may choose, where
+    the status goes, and the writes it may make; or ``broken``: complete nothing and
+    say it needs a reset."""
 
     outcomes: set[tuple[int | None, int]]
     status_gpa: int | None = None
@@ -252,6 +255,10 @@ class Prediction:
     reads: list[tuple[int, int]] = field(default_factory=list)
     type_: int = 0
     sector: int = 0
+    broken: bool = False
+
+
+BROKEN = Prediction(set(), broken=True)
 
 
 def _mapped(mem: GuestMemory, addr: int, length: int) -> bool:
@@ -260,87 +267,88 @@ def _mapped(mem: GuestMemory, addr: int, length: int) -> bool:
     return any(r.contains(addr) and r.contains(addr + length - 1) for r in mem.regions)
 
 
+def _take(segs: list[tuple[int, int]], n: int) -> tuple[int, list[tuple[int, int]]]:
+    """Drop the first n bytes of segs; (bytes dropped, what is left)."""
+    got, left = 0, []
+    for addr, length in segs:
+        k = min(length, n - got)
+        got += k
+        if length - k:
+            left.append((addr + k, length - k))
+    return got, left
+
+
 def predict(
     mem: GuestMemory, table: dict[int, Desc], head: int, dut: DeviceUnderTest
 ) -> Prediction:
-    """Walk the chain as the rules say; return the outcomes the device may choose."""
+    """Walk the chain as docs/conformance.md says; return what the device must do."""
     spec = dut.spec
-    segs_max = spec.data_segments_max
     idx, seen = head, 0
-    hdr: Desc | None = None
-    reads: list[Desc] = []
-    writes: list[Desc] = []
-    refuse = Prediction({(None, 0)})
+    reads: list[tuple[int, int]] = []
+    writes: list[tuple[int, int, bool]] = []
+    sound = True
     while True:
         if idx >= QUEUE or seen >= QUEUE:
-            return refuse
+            return BROKEN  # index out of the table, or a loop (2.7.5.2)
         d = table.get(idx, Desc(0, 0))
         if d.flags & INDIRECT:
-            return refuse
+            return BROKEN  # INDIRECT_DESC is not negotiated (2.7.5.3.1)
         if d.len:
-            if not _mapped(mem, d.addr, d.len):
-                return refuse
+            mapped = _mapped(mem, d.addr, d.len)
+            sound = sound and mapped
             if d.flags & W:
-                if len(writes) >= segs_max + 1:
-                    return refuse
-                writes.append(d)
+                writes.append((d.addr, d.len, mapped))
             elif writes:
-                return refuse
-            elif hdr is None:
-                if d.len != 16:
-                    return refuse
-                hdr = d
+                sound = False  # readable after writable (2.7.4.2)
             else:
-                if len(reads) >= segs_max:
-                    return refuse
-                reads.append(d)
+                reads.append((d.addr, d.len))
         if not d.flags & N:
             break
         idx, seen = d.next, seen + 1
-    if not writes or writes[-1].len != 1:
-        return refuse
-    status = writes.pop()
-    # Malformed with a valid status descriptor: IOERR through it (the rule), or
-    # refused outright (what a walk that gives up may do).
-    malformed = Prediction({(VIRTIO_BLK_S_IOERR, 1), (None, 0)}, status.addr)
-    if hdr is None or (reads and writes):
-        return malformed
-    size_max = spec.device.size_max if spec.features.size_max else U64
-    if any(d.len > size_max for d in reads + writes):
-        return malformed
-    raw = mem.read(hdr.addr, 16)
+    if not writes:
+        return Prediction({(None, 0)})  # nowhere to answer
+    addr, length, mapped = writes[-1]
+    if not mapped:
+        return BROKEN  # the status buffer is not in guest RAM
+    status_gpa = addr + length - 1
+    wsegs = [(a, n) for a, n, _ in writes[:-1]] + ([(addr, length - 1)] if length > 1 else [])
+    ioerr = Prediction({(VIRTIO_BLK_S_IOERR, 1)}, status_gpa)
+    if not sound:
+        return ioerr
+    got, rdata = _take(reads, 16)
+    if got < 16 or (rdata and wsegs):
+        return ioerr  # short header, or data on both sides
+    raw = b"".join(mem.read(a, n) for a, n in reads)[:16]
     type_ = int.from_bytes(raw[:4], "little")
     sector = int.from_bytes(raw[8:], "little")
-    data_len = sum(d.len for d in reads + writes)
+    data = wsegs or rdata
+    if spec.features.seg_max and len(data) > spec.device.seg_max:
+        return ioerr
+    if spec.features.size_max and any(n > spec.device.size_max for _, n in data):
+        return ioerr
+    data_len = sum(n for _, n in data)
     in_range = data_len % 512 == 0 and sector <= SECTORS and data_len // 512 <= SECTORS - sector
-    p = Prediction(set(), status.addr, [(d.addr, d.len) for d in writes])
-    p.reads, p.type_, p.sector = [(d.addr, d.len) for d in reads], type_, sector
-    ioerr = (VIRTIO_BLK_S_IOERR, 1)
+    p = Prediction(set(), status_gpa, wsegs)
+    p.reads, p.type_, p.sector = rdata, type_, sector
+    err = (VIRTIO_BLK_S_IOERR, 1)
     direct = getattr(spec.backend, "direct", False)
     if type_ == VIRTIO_BLK_T_IN:
-        ok = not reads and in_range
-        p.outcomes = {(VIRTIO_BLK_S_OK, data_len + 1)} if ok else {ioerr}
-        if ok and direct:  # O_DIRECT refuses unaligned buffers
-            p.outcomes.add(ioerr)
+        ok = not rdata and in_range
+        p.outcomes = {(VIRTIO_BLK_S_OK, data_len + 1)} if ok else {err}
+        if ok and direct and data_len:  # O_DIRECT refuses unaligned buffers
+            p.outcomes.add(err)
     elif type_ == VIRTIO_BLK_T_OUT:
-        ok = not writes and in_range and not getattr(spec.features, "ro", False)
-        p.outcomes = {(VIRTIO_BLK_S_OK, 1)} if ok else {ioerr}
-        if ok and direct:
-            p.outcomes.add(ioerr)
-    elif type_ == VIRTIO_BLK_T_FLUSH:
-        if spec.features.flush:
-            p.outcomes = {(VIRTIO_BLK_S_OK, 1)} if not (reads or writes) else {ioerr}
-        else:
-            p.outcomes = {(VIRTIO_BLK_S_UNSUPP, 1), ioerr, (VIRTIO_BLK_S_OK, 1)}
+        ok = not wsegs and in_range and not getattr(spec.features, "ro", False)
+        p.outcomes = {(VIRTIO_BLK_S_OK, 1)} if ok else {err}
+        if ok and direct and data_len:
+            p.outcomes.add(err)
+    elif type_ == VIRTIO_BLK_T_FLUSH and spec.features.flush:
+        p.outcomes = {(VIRTIO_BLK_S_OK, 1)} if not data else {err}
     elif type_ == VIRTIO_BLK_T_GET_ID:
-        total = sum(d.len for d in writes)
-        p.outcomes = {(VIRTIO_BLK_S_OK, min(20, total) + 1)} if writes else {ioerr}
+        total = sum(n for _, n in wsegs)
+        p.outcomes = {(VIRTIO_BLK_S_OK, min(20, total) + 1)} if wsegs else {err}
     else:
         p.outcomes = {(VIRTIO_BLK_S_UNSUPP, 1)}
-        if type_ == 0xFFFF_FFFF:
-            # The device's BLK_T_MALFORMED sentinel: IOERR, not UNSUPP. A separate
-            # xfail test in test_hostile_guest.py tracks it; not a safety issue.
-            p.outcomes.add(ioerr)
     return p
 
 
@@ -371,6 +379,16 @@ def check_example(
     table = {i: Desc(*raw.q.read_desc(i)) for i in range(QUEUE)}
     p = predict(dev.memory, table, head, dut)
     try:
+        if p.broken:
+            settle = 0.5 if dut.target.emulated else 0.15
+            out = raw.post(descs, [head], watch_all=True, expect=0, settle=settle)
+            assert out.used == [], f"completions {out.used} of a chain that cannot be trusted"
+            assert outside(out.changed, []) == [], f"wrote: {out.unexpected([])}"
+            event("needs reset")
+            assert dev.wait_needs_reset() is not None, "the device never said it needs a reset"
+            assert backend.alive()
+            dev.reconnect()
+            return
         out = raw.post(descs, [head], watch_all=True)
         assert [u.id for u in out.used] == [head], f"completions {out.used}"
         used_len = out.used[0].len
@@ -427,7 +445,7 @@ def test_random_chains_complete_once_and_write_only_where_the_rules_allow(
     jump=st.one_of(st.integers(0, QUEUE + 3), st.sampled_from([0x8000, 0xFFFF, QUEUE + 1])),
     heads=st.lists(st.one_of(st.just(0), st.integers(0, 0xFFFF)), min_size=QUEUE, max_size=QUEUE),
 )
-def test_random_avail_index_jumps_are_served_or_the_ring_is_refused_until_reset(
+def test_random_avail_index_jumps_are_served_until_an_untrusted_entry(
     pdev: BlkDevice,
     dut: DeviceUnderTest,
     backend: Backend,
@@ -435,7 +453,8 @@ def test_random_avail_index_jumps_are_served_or_the_ring_is_refused_until_reset(
     jump: int,
     heads: list[int],
 ) -> None:
-    """avail idx moved by ``jump`` over random heads: ``jump`` completions if <= num, else none."""
+    """avail idx moved by ``jump`` over random heads: served in order up to the first
+    head outside the table (or none past a ring's worth), then a reset."""
     dev = pdev
     raw = RawQueue(dev)
     raw.zero_table()
@@ -447,29 +466,30 @@ def test_random_avail_index_jumps_are_served_or_the_ring_is_refused_until_reset(
     for k, head in enumerate(heads):
         q.set_avail_entry(start + k, head)
     settle = 0.5 if dut.target.emulated else 0.15
+    # The ring's entries in order until one the device cannot trust (a head
+    # outside the table); more than a ring at once is itself untrusted.
+    served: list[int] = []
+    broken = jump > QUEUE
+    for k in range(0 if broken else jump):
+        if heads[k] >= QUEUE:
+            broken = True
+            break
+        served.append(heads[k])
     try:
-        out = raw.post(
-            {},
-            [],
-            avail_idx=start + jump,
-            expect=min(jump, QUEUE) if jump <= QUEUE else 0,
-            settle=settle,
-        )
+        out = raw.post({}, [], avail_idx=start + jump, expect=len(served), settle=settle)
         allowed = [(d.gpa, d.gpa + 512), (s.gpa, s.gpa + 1)]
         assert out.unexpected(allowed) == []
-        if jump <= QUEUE:
-            want = [heads[k % QUEUE] for k in range(jump)]
-            assert sorted(u.id for u in out.used) == sorted(want)  # any completion order
-            for u in out.used:
-                # 0: the read; 1, 2: header-less chains with a valid status (IOERR
-                # through it, or refused); anything else: a zero or absent descriptor.
-                assert u.len in ({513} if u.id == 0 else {0, 1} if u.id in (1, 2) else {0})
-            if any(u.id == 0 for u in out.used):
-                assert dev.memory.read(d.gpa, 512) == shadow.expected(8 * 512, 512)
-        else:
-            assert out.used == []
+        assert sorted(u.id for u in out.used) == sorted(served)  # any completion order
+        for u in out.used:
+            # 0: the read; 1, 2: no readable byte, a valid status: IOERR through it;
+            # anything else: a zero descriptor, no writable byte.
+            assert u.len == (513 if u.id == 0 else 1 if u.id in (1, 2) else 0)
+        if any(u.id == 0 for u in out.used):
+            assert dev.memory.read(d.gpa, 512) == shadow.expected(8 * 512, 512)
+        if broken:
+            assert dev.wait_needs_reset() is not None
             assert backend.alive()
-            dev.reconnect()  # the ring is left alone until reset
+            dev.reconnect()
         assert backend.alive()
     finally:
         req.free()

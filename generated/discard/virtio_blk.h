@@ -16,7 +16,7 @@
  * the names hvisor-tool's own virtio_blk.h has always had. */
 
 /* device.seg_max */
-#define BLK_SEG_MAX 512
+#define BLK_SEG_MAX 510
 /* device.queue_size */
 #define VIRTQUEUE_BLK_MAX_SIZE 512
 #define SECTOR_BSIZE 512

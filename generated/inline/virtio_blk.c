@@ -10,13 +10,17 @@
  *   no worker: the notify handler drains the queue, does the I/O and completes
  *   on the main thread (the baseline)
  *
+ * I/O backend (backend.io = sync):
+ *   blocking preadv/pwritev/fdatasync on the queue's owner
+ *
  * Everything in a virtqueue is written by an untrusted guest, and hvisor-tool's
  * core checks little of it (no descriptor index bound, only the first byte of a
- * buffer translated). So this file walks descriptor chains itself and checks
- * every rule before it touches a byte: index < num, chain length <= num,
- * buffers mapped end to end, header and status sizes, data direction, segment
- * limits and the sector range. A bad request completes with an error status;
- * a ring that can no longer be trusted is left alone until the next reset.
+ * buffer translated, ring registers writable at any time). So this file keeps
+ * its own copy of the ring it validated, walks descriptor chains itself and
+ * assumes no layout (virtio 1.2 2.7.4): the header is the first 16 readable
+ * bytes, the status the last writable byte. A request that breaks a rule
+ * completes with an error status; a ring that can no longer be trusted is
+ * left alone until reset, and the driver is told (DEVICE_NEEDS_RESET).
  */
 #include "virtio_blk.h"
 #include "log.h"
@@ -43,11 +47,13 @@
 
 /* device.num_queues */
 #define BLK_NUM_QUEUES 1
-/* Data segments one request may carry: features.seg_max ? device.seg_max :
- * device.queue_size - 2 */
-#define BLK_DATA_SEGS_MAX 512
-/* device.size_max: the longest single data segment, in bytes */
+/* Descriptors one chain may use, direct and indirect together: the queue
+ * size, or the SEG_MAX data segments plus header and status if more. */
+#define BLK_CHAIN_MAX 512
+/* device.size_max: the longest data segment, once SIZE_MAX is negotiated */
 #define BLK_SEGMENT_BYTES_MAX 1048576u
+/* preadv/pwritev take at most this many segments per call */
+#define BLK_IOV_MAX 1024
 #define BLK_SECTOR_SHIFT 9
 #define BLK_ID_BYTES 20
 /* hvisor serves config reads from vdev->dev + (offset - 0x100), 8 bytes at a
@@ -60,36 +66,59 @@ _Static_assert(sizeof(BlkConfig) <= BLK_CONFIG_WINDOW,
                "config fits its window");
 _Static_assert(BLK_NUM_QUEUES <= VIRTIO_MAX_VQUEUES,
                "hvisor registers <= 4 queues");
+_Static_assert(BLK_CHAIN_MAX >= VIRTQUEUE_BLK_MAX_SIZE,
+               "a chain may fill the ring");
 _Static_assert((VIRTQUEUE_BLK_MAX_SIZE & (VIRTQUEUE_BLK_MAX_SIZE - 1)) == 0,
                "queue size is a power of two");
 
 /* device.serial, zero-padded to the 20 bytes GET_ID returns */
 static const char blk_serial[BLK_ID_BYTES] = "hvisor-virblk";
 
-/* One request, as validated from its descriptor chain. */
+/* One request, as taken from its descriptor chain. Its structure was sound;
+ * fault says whether the request itself broke a rule. */
 struct blk_req {
     uint16_t head;      /* chain head, returned in the used ring */
-    bool malformed;     /* the chain broke a rule: complete with IOERR */
+    uint8_t fault;      /* VIRTIO_BLK_S_OK, or the status a bad request earns */
+    uint8_t *status;    /* the last device-writable byte; NULL: there is none */
     uint32_t type;      /* VIRTIO_BLK_T_*, from the header */
     uint64_t sector;    /* from the header */
-    uint8_t *status;    /* the 1-byte status buffer; NULL if there is none */
-    bool data_writable; /* data segments are device-writable (IN, GET_ID) */
-    unsigned int niov;  /* data segments in iov */
-    uint64_t data_len;  /* bytes in iov[0 .. niov) */
-    struct iovec iov[BLK_DATA_SEGS_MAX + 1]; /* + 1: room for the status */
+    bool data_writable; /* data is device-writable (IN, GET_ID) */
+    unsigned int niov;  /* data segments at data */
+    uint64_t data_len;  /* bytes in data[0 .. niov) */
+    struct iovec *data; /* into iov */
+    struct iovec iov[BLK_CHAIN_MAX];
+};
+
+/* What a prepared request still needs. */
+enum blk_op { BLK_OP_NONE, BLK_OP_READ, BLK_OP_WRITE, BLK_OP_FLUSH };
+
+/* The ring as validated after reset. The device reads and writes the ring
+ * through this copy only; the live VirtQueue fields, which hvisor lets the
+ * guest rewrite at any time, are compared with it before each use. */
+struct blk_ring {
+    bool valid;
+    uint16_t num;
+    uint16_t used_idx; /* the device is the used index's only writer */
+    bool event_idx;
+    uint64_t features; /* negotiated */
+    uint64_t desc_addr, avail_addr, used_addr;
+    volatile VirtqDesc *desc;
+    volatile VirtqAvail *avail;
+    volatile VirtqUsed *used;
 };
 
 /* Per-queue state. The thread noted on each field is the only one that
  * touches it outside mtx; fields "under mtx" are read and written only while
  * holding it. */
 typedef struct blk_queue {
-    BlkDev *dev;        /* set at init, read-only afterwards */
-    VirtQueue *vq;      /* set at init, read-only afterwards */
-    struct blk_req req; /* queue owner: the request being handled */
+    BlkDev *dev;   /* set at init, read-only afterwards */
+    VirtQueue *vq; /* set at init, read-only afterwards */
     /* Owner of the avail side (main thread), reset by
      * reset() while that owner is idle: */
-    bool broken;       /* the ring broke a rule; ignore it until reset */
-    bool ring_checked; /* the ring areas were verified since the last reset */
+    struct blk_ring ring;
+    bool broken; /* the ring broke a rule; ignore it until reset */
+    /* Owner of the used side: completions since the last interrupt */
+    unsigned int unsignalled;
 } BlkQueue;
 
 struct virtio_blk_dev {
@@ -124,158 +153,359 @@ static void *blk_map(int zone_id, uint64_t gpa, uint64_t len) {
     return first;
 }
 
-/* A queue is usable when the guest chose a legal size and all three ring
- * areas are mapped end to end. Checked once per reset. */
+/* ---- The ring: validated once, then used through its copy ------------- */
+
+#ifndef VIRTIO_CONFIG_S_NEEDS_RESET
+#define VIRTIO_CONFIG_S_NEEDS_RESET 0x40
+#endif
+#ifndef VIRTIO_MMIO_INT_CONFIG
+#define VIRTIO_MMIO_INT_CONFIG 0x2
+#endif
+
+/* A core may offer this to learn at once that a device needs a reset (the
+ * standalone runtime drops a vhost-user connection); hvisor-tool has none,
+ * and its driver learns it from the Status register. */
+extern void virtio_dev_needs_reset(VirtIODevice *vdev) __attribute__((weak));
+
+/* The ring can no longer be trusted: stop using it until reset and tell the
+ * driver (virtio 1.2 2.1.2: DEVICE_NEEDS_RESET, a configuration change
+ * interrupt). No byte of the offending chain is trusted as a status, so
+ * nothing is completed. Runs on the thread that found it. */
+static void blk_break(BlkQueue *q, const char *why) {
+    VirtIODevice *vdev = q->dev->vdev;
+    if (q->broken)
+        return;
+    q->broken = true;
+    log_error("virtio-blk: queue %" PRIu64 ": %s; the device needs a reset",
+              q->vq->vq_idx, why);
+    __atomic_fetch_or(&vdev->regs.status, VIRTIO_CONFIG_S_NEEDS_RESET,
+                      __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&vdev->interrupt_lock);
+    vdev->regs.interrupt_status |= VIRTIO_MMIO_INT_CONFIG;
+    pthread_mutex_unlock(&vdev->interrupt_lock);
+    if (virtio_dev_needs_reset != NULL)
+        virtio_dev_needs_reset(vdev);
+}
+
+/* Did the driver accept feature bit? (as of the ring's validation) */
+static bool blk_negotiated(const BlkQueue *q, unsigned int bit) {
+    return (q->ring.features >> bit) & 1;
+}
+
+/* Whether the live VirtQueue still describes the ring that was validated. */
+static bool blk_ring_unchanged(const BlkQueue *q) {
+    const VirtQueue *vq = q->vq;
+    const struct blk_ring *r = &q->ring;
+    return vq->num == r->num && vq->desc_table_addr == r->desc_addr &&
+           vq->avail_addr == r->avail_addr && vq->used_addr == r->used_addr &&
+           vq->desc_table == r->desc && vq->avail_ring == r->avail &&
+           vq->used_ring == r->used &&
+           (bool)vq->event_idx_enabled == r->event_idx &&
+           q->dev->vdev->regs.drv_feature == r->features;
+}
+
+/* Validate the ring the driver set up and keep a copy: a legal size, each
+ * area aligned (virtio 1.2 2.7: 16, 2, 4) and mapped end to end, and the
+ * core's pointers the translation of its addresses. */
+static const char *blk_ring_take(BlkQueue *q) {
+    VirtQueue *vq = q->vq;
+    struct blk_ring *r = &q->ring;
+    const int zone = q->dev->zone_id;
+    const uint64_t num = vq->num;
+    if (num == 0 || (num & (num - 1)) != 0 || num > vq->queue_num_max)
+        return "bad queue size";
+    if (vq->desc_table_addr % 16 != 0 || vq->avail_addr % 2 != 0 ||
+        vq->used_addr % 4 != 0)
+        return "misaligned ring";
+    void *desc = blk_map(zone, vq->desc_table_addr, num * sizeof(VirtqDesc));
+    /* flags, idx, ring[num], used_event */
+    void *avail = blk_map(zone, vq->avail_addr, 4 + num * 2 + 2);
+    /* flags, idx, ring[num], avail_event */
+    void *used =
+        blk_map(zone, vq->used_addr, 4 + num * sizeof(VirtqUsedElem) + 2);
+    if (desc == NULL || avail == NULL || used == NULL)
+        return "ring outside guest memory";
+    if (desc != (void *)vq->desc_table || avail != (void *)vq->avail_ring ||
+        used != (void *)vq->used_ring)
+        return "ring pointers do not match the ring addresses";
+    r->num = (uint16_t)num;
+    r->desc_addr = vq->desc_table_addr;
+    r->avail_addr = vq->avail_addr;
+    r->used_addr = vq->used_addr;
+    r->desc = desc;
+    r->avail = avail;
+    r->used = used;
+    r->event_idx = vq->event_idx_enabled;
+    r->features = q->dev->vdev->regs.drv_feature;
+    r->used_idx = __atomic_load_n(&r->used->idx, __ATOMIC_RELAXED);
+    r->valid = true;
+    return NULL;
+}
+
+/* Before every pass: is the queue usable? Validates the ring the first time
+ * after reset, and afterwards checks that nobody changed it. */
 static bool blk_ring_usable(BlkQueue *q) {
     VirtQueue *vq = q->vq;
     if (q->broken)
         return false;
-    if (q->ring_checked)
-        return true;
-    uint64_t num = vq->num;
-    if (vq->desc_table == NULL || vq->avail_ring == NULL ||
-        vq->used_ring == NULL)
-        return false; /* not set up yet: nothing to do, not an error */
-    bool ok = num != 0 && (num & (num - 1)) == 0 && num <= vq->queue_num_max;
-    ok = ok && blk_map(q->dev->zone_id, vq->desc_table_addr,
-                       num * sizeof(VirtqDesc)) != NULL;
-    /* flags, idx, ring[num], used_event */
-    ok =
-        ok && blk_map(q->dev->zone_id, vq->avail_addr, 4 + num * 2 + 2) != NULL;
-    /* flags, idx, ring[num], avail_event */
-    ok = ok && blk_map(q->dev->zone_id, vq->used_addr,
-                       4 + num * sizeof(VirtqUsedElem) + 2) != NULL;
-    if (!ok) {
-        log_error("virtio-blk: queue %" PRIu64 " has a bad ring (num %" PRIu64
-                  "); ignoring it until reset",
-                  vq->vq_idx, num);
-        q->broken = true;
+    if (q->ring.valid) {
+        if (blk_ring_unchanged(q))
+            return true;
+        blk_break(q, "ring changed while the queue runs");
         return false;
     }
-    q->ring_checked = true;
+    if (vq->desc_table_addr == 0 && vq->avail_addr == 0 && vq->used_addr == 0)
+        return false; /* not set up yet: nothing to do, not an error */
+    const char *why = blk_ring_take(q);
+    if (why != NULL) {
+        blk_break(q, why);
+        return false;
+    }
     return true;
 }
 
-static void blk_mark_broken(BlkQueue *q, const char *why) {
-    log_error("virtio-blk: queue %" PRIu64 ": %s; ignoring it until reset",
-              q->vq->vq_idx, why);
-    q->broken = true;
+/* Reset: forget the ring. Runs while the avail side's owner is idle. */
+static void blk_ring_forget(BlkQueue *q) {
+    q->ring.valid = false;
+    q->broken = false;
+    q->unsignalled = 0;
 }
 
-/* ---- Parsing: descriptor chain -> struct blk_req ----------------------- */
+/* The avail index, acquired: the entries and chains it publishes are read
+ * after it. */
+static uint16_t blk_avail_idx(const BlkQueue *q) {
+    return __atomic_load_n(&q->ring.avail->idx, __ATOMIC_ACQUIRE);
+}
 
-/* Walk the chain at head into req. Returns false when the chain breaks a
- * rule; req->status is then set only if a valid status buffer was found. */
-static bool blk_walk_chain(BlkQueue *q, uint16_t head, struct blk_req *req) {
-    VirtQueue *vq = q->vq;
-    volatile VirtqDesc *table = vq->desc_table;
-    uint64_t size = vq->num; /* entries in table */
-    const uint8_t *hdr = NULL;
+static bool blk_avail_empty(const BlkQueue *q) {
+    return blk_avail_idx(q) == q->vq->last_avail_idx;
+}
+
+/* Notifications off while draining (virtio 1.2 2.7.7, 2.7.10). */
+static void blk_notify_off(BlkQueue *q) {
+    struct blk_ring *r = &q->ring;
+    if (r->event_idx) {
+        /* avail_event, after used->ring[num]: no kick for what we will see */
+        volatile uint16_t *avail_event =
+            (volatile uint16_t *)&r->used->ring[r->num];
+        *avail_event = (uint16_t)(q->vq->last_avail_idx - 1);
+    } else {
+        r->used->flags |= (uint16_t)VRING_USED_F_NO_NOTIFY;
+    }
+}
+
+/* Notifications on, then look again: is the avail ring still empty? */
+static bool blk_notify_on_and_empty(BlkQueue *q) {
+    struct blk_ring *r = &q->ring;
+    if (r->event_idx) {
+        volatile uint16_t *avail_event =
+            (volatile uint16_t *)&r->used->ring[r->num];
+        *avail_event = q->vq->last_avail_idx;
+    } else {
+        r->used->flags &= (uint16_t)~VRING_USED_F_NO_NOTIFY;
+    }
+    /* Full barrier: the store that re-enables notifications must be visible
+     * to the driver before avail->idx is loaded again; otherwise the driver
+     * can skip its kick while we miss its new entry (a lost wake-up). A
+     * store-store barrier does not order a store before a later load on
+     * Arm. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return blk_avail_empty(q);
+}
+
+/* Publish one used element. The device is the used ring's only writer. */
+static void blk_push_used(BlkQueue *q, uint16_t head, uint32_t len) {
+    struct blk_ring *r = &q->ring;
+    volatile VirtqUsedElem *e = &r->used->ring[r->used_idx & (r->num - 1)];
+    e->id = head;
+    e->len = len;
+    r->used_idx++;
+    /* Release: the element, and the status byte and data written before
+     * it, are visible before the index that publishes them (hvisor's
+     * update_used_ring has no barrier between element and index). */
+    __atomic_store_n(&r->used->idx, r->used_idx, __ATOMIC_RELEASE);
+}
+
+/* Interrupt the driver after publishing used entries. */
+static void blk_notify_guest(BlkQueue *q) {
+    /* virtio_inject_irq() reads the live ring fields: only while they are
+     * still the validated ones. */
+    if (!blk_ring_unchanged(q)) {
+        blk_break(q, "ring changed while the queue runs");
+        return;
+    }
+    /* Full barrier: the used index store must be visible before
+     * virtio_inject_irq() loads avail->flags / used_event, or the driver may
+     * go to sleep on an index it never sees move. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    virtio_inject_irq(q->vq);
+}
+
+/* threading.irq = per-batch, in one place: called after every
+ * completion and at the end of every batch. */
+enum blk_irq_point { BLK_IRQ_COMPLETION, BLK_IRQ_BATCH_END };
+
+static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
+    if (q->unsignalled == 0)
+        return;
+    if (at != BLK_IRQ_BATCH_END)
+        return;
+    q->unsignalled = 0;
+    blk_notify_guest(q);
+}
+
+/* ---- Descriptor chain -> struct blk_req ------------------------------ */
+
+/* Read one descriptor into a local copy, each field exactly once: the guest
+ * may change the table meanwhile. */
+static VirtqDesc blk_desc_read(volatile VirtqDesc *table, uint32_t idx) {
+    VirtqDesc d;
+    memcpy(&d, (const void *)&table[idx], sizeof(d));
+    return d;
+}
+
+/* Store one non-empty buffer of the chain: readable ones first, writable ones
+ * after them. Returns false when the buffer breaks a rule for the request
+ * (outside guest memory, or readable after writable). */
+static bool blk_add_buffer(BlkQueue *q, struct blk_req *req, const VirtqDesc *d,
+                           unsigned int *nread, unsigned int *nwrite) {
+    uint8_t *buf = blk_map(q->dev->zone_id, d->addr, d->len);
+    struct iovec *slot;
+    if (d->flags & VRING_DESC_F_WRITE) {
+        slot = &req->iov[*nread + (*nwrite)++];
+    } else if (*nwrite != 0) {
+        return false; /* readable after writable (virtio 1.2 2.7.4.2) */
+    } else {
+        slot = &req->iov[(*nread)++];
+    }
+    slot->iov_base = buf;
+    slot->iov_len = d->len;
+    return buf != NULL;
+}
+
+/* Copy the first 16 readable bytes into h, wherever they lie, and drop them
+ * from the readable buffers. Returns the index of the first readable buffer
+ * left, or -1 when there are fewer than 16 readable bytes. */
+static int blk_take_header(struct blk_req *req, unsigned int nread,
+                           BlkReqHead *h) {
+    uint8_t *dst = (uint8_t *)h;
+    size_t got = 0;
+    unsigned int i = 0;
+    while (got < sizeof(*h) && i < nread) {
+        struct iovec *v = &req->iov[i];
+        size_t n =
+            sizeof(*h) - got < v->iov_len ? sizeof(*h) - got : v->iov_len;
+        memcpy(dst + got, v->iov_base, n);
+        got += n;
+        v->iov_base = (uint8_t *)v->iov_base + n;
+        v->iov_len -= n;
+        if (v->iov_len == 0)
+            i++;
+    }
+    return got == sizeof(*h) ? (int)i : -1;
+}
+
+/* Walk the chain at head into req (virtio 1.2 2.7.5, 2.7.4: no layout is
+ * assumed). Returns NULL when its structure is sound (req->fault then says
+ * whether the request is), or why the ring can no longer be trusted. */
+static const char *blk_walk_chain(BlkQueue *q, uint16_t head,
+                                  struct blk_req *req) {
+    volatile VirtqDesc *table = q->ring.desc;
+    uint32_t size = q->ring.num; /* entries in table */
+    unsigned int total = 0;      /* descriptors, direct and indirect */
     unsigned int nread = 0, nwrite = 0;
-    uint16_t idx = head;
+    bool sound = true; /* the request keeps every rule so far */
+    uint32_t idx = head;
 
-    for (uint64_t seen = 0;; seen++) {
-        if (idx >= size || seen >= size)
-            return false; /* index out of the table, or a loop */
-        /* Read each field exactly once: the guest may change the table
-         * under us, and a second read could disagree with the first. */
-        volatile VirtqDesc *d = &table[idx];
-        const uint64_t addr = d->addr;
-        const uint32_t len = d->len;
-        const uint16_t flags = d->flags;
-        const uint16_t next = d->next;
-
-        if (flags & VRING_DESC_F_INDIRECT) {
-            return false; /* VIRTIO_RING_F_INDIRECT_DESC is not offered */
+    req->status = NULL;
+    req->fault = VIRTIO_BLK_S_OK;
+    req->niov = 0;
+    req->data_len = 0;
+    req->data = req->iov;
+    for (;;) {
+        if (idx >= size)
+            return "descriptor index out of the table";
+        /* Counting every descriptor also ends a loop. */
+        if (++total > BLK_CHAIN_MAX)
+            return "descriptor loop, or a chain longer than the queue";
+        const VirtqDesc d = blk_desc_read(table, idx);
+        if (d.flags & VRING_DESC_F_INDIRECT) {
+            return "INDIRECT descriptor, INDIRECT_DESC not offered";
         }
-        if (len != 0) {
-            uint8_t *buf = blk_map(q->dev->zone_id, addr, len);
-            if (buf == NULL)
-                return false;
-            if (flags & VRING_DESC_F_WRITE) {
-                /* readable and writable share iov: bound them together */
-                if (nread + nwrite >= BLK_DATA_SEGS_MAX + 1)
-                    return false;
-                req->iov[nread + nwrite].iov_base = buf;
-                req->iov[nread + nwrite].iov_len = len;
-                nwrite++;
-            } else if (nwrite != 0) {
-                return false; /* readable buffers must come first */
-            } else if (hdr == NULL) {
-                if (len != sizeof(BlkReqHead))
-                    return false;
-                hdr = buf;
-            } else {
-                if (nread >= BLK_DATA_SEGS_MAX)
-                    return false;
-                req->iov[nread].iov_base = buf;
-                req->iov[nread].iov_len = len;
-                nread++;
-            }
-        }
-        if (!(flags & VRING_DESC_F_NEXT))
+        if (d.len != 0 && !blk_add_buffer(q, req, &d, &nread, &nwrite))
+            sound = false;
+        if (!(d.flags & VRING_DESC_F_NEXT))
             break;
-        idx = next;
+        idx = d.next;
     }
 
-    /* The last writable buffer is the status, and it is exactly one byte. */
-    if (nwrite == 0 || req->iov[nread + nwrite - 1].iov_len != 1)
-        return false;
-    req->status = req->iov[nread + nwrite - 1].iov_base;
-    nwrite--;
-    if (hdr == NULL || (nread != 0 && nwrite != 0))
-        return false; /* no header, or data on both sides */
+    /* The status is the last device-writable byte (virtio 1.2 5.2.6). */
+    if (nwrite == 0) {
+        req->fault = VIRTIO_BLK_S_IOERR; /* nowhere to answer: used len 0 */
+        return NULL;
+    }
+    struct iovec *last = &req->iov[nread + nwrite - 1];
+    if (last->iov_base == NULL)
+        return "status buffer outside guest memory";
+    req->status = (uint8_t *)last->iov_base + last->iov_len - 1;
+    if (--last->iov_len == 0)
+        nwrite--;
 
     BlkReqHead h;
-    memcpy(&h, hdr, sizeof(h));
+    const int first = sound ? blk_take_header(req, nread, &h) : -1;
+    const unsigned int nreadable = first < 0 ? 0 : nread - (unsigned int)first;
+    if (first < 0 || (nreadable != 0 && nwrite != 0)) {
+        /* fewer than 16 readable bytes, or data on both sides */
+        req->fault = VIRTIO_BLK_S_IOERR;
+        return NULL;
+    }
     req->type = le32toh(h.type);
     req->sector = le64toh(h.sector);
     req->data_writable = nwrite != 0;
-    req->niov = nread + nwrite;
-    req->data_len = 0;
+    req->data = req->data_writable ? &req->iov[nread] : &req->iov[first];
+    req->niov = req->data_writable ? nwrite : nreadable;
+    /* features.seg_max binds only a driver that accepted it */
+    if (blk_negotiated(q, VIRTIO_BLK_F_SEG_MAX) && req->niov > BLK_SEG_MAX)
+        req->fault = VIRTIO_BLK_S_IOERR;
     for (unsigned int i = 0; i < req->niov; i++) {
-        /* features.size_max: no segment above device.size_max */
-        if (req->iov[i].iov_len > BLK_SEGMENT_BYTES_MAX)
-            return false;
-        req->data_len += req->iov[i].iov_len;
+        /* features.size_max binds only a driver that accepted it */
+        if (req->data[i].iov_len > BLK_SEGMENT_BYTES_MAX &&
+            blk_negotiated(q, VIRTIO_BLK_F_SIZE_MAX))
+            req->fault = VIRTIO_BLK_S_IOERR;
+        req->data_len += req->data[i].iov_len;
     }
-    return true;
+    return NULL;
 }
 
 /* Take the next chain off the avail ring into req. Returns 1 when req holds
- * a request (possibly a malformed one), 0 when the ring is empty, and -1
- * when the ring itself broke a rule. Runs on the avail side's owner. */
+ * a request (possibly a bad one), 0 when the ring is empty, and -1 when the
+ * ring can no longer be trusted (the driver has been told). Runs on the avail
+ * side's owner. */
 static int blk_pop(BlkQueue *q, struct blk_req *req) {
     VirtQueue *vq = q->vq;
-    /* Acquire: the ring entry and the chain are read after the index. */
-    const uint16_t avail =
-        __atomic_load_n(&vq->avail_ring->idx, __ATOMIC_ACQUIRE);
+    const uint16_t avail = blk_avail_idx(q);
     const uint16_t pending = (uint16_t)(avail - vq->last_avail_idx);
     if (pending == 0)
         return 0;
-    if (pending > vq->num) {
-        blk_mark_broken(q, "avail index ran more than a ring ahead");
+    if (pending > q->ring.num) {
+        blk_break(q, "avail index ran more than a ring ahead");
         return -1;
     }
     const uint16_t head =
-        vq->avail_ring->ring[vq->last_avail_idx & (vq->num - 1)];
-    vq->last_avail_idx++;
-
-    req->head = head;
-    req->status = NULL;
-    req->niov = 0;
-    req->data_len = 0;
-    req->malformed = !blk_walk_chain(q, head, req);
-    if (req->malformed) {
-        /* req->status is kept when the walk got as far as a valid status
-         * buffer: the driver then learns of the error (IOERR, used len 1). */
-        log_debug("virtio-blk: malformed chain at head %u", head);
-        req->niov = 0;
+        q->ring.avail->ring[vq->last_avail_idx & (q->ring.num - 1)];
+    const char *why = blk_walk_chain(q, head, req);
+    if (why != NULL) {
+        blk_break(q, why);
+        return -1;
     }
+    req->head = head;
+    vq->last_avail_idx++;
+    if (req->fault != VIRTIO_BLK_S_OK)
+        log_debug("virtio-blk: bad request at head %u", head);
     return 1;
 }
 
-/* ---- I/O ---------------------------------------------------------------- */
+/* ---- Requests: prepared, run, completed ------------------------------- */
 
 /* Drop the first n bytes of an iovec array in place. */
 static void blk_iov_advance(struct iovec **iov, unsigned int *cnt, size_t n) {
@@ -292,18 +522,21 @@ static void blk_iov_advance(struct iovec **iov, unsigned int *cnt, size_t n) {
 }
 
 /* Transfer len bytes between iov and the image at byte offset off, retrying
- * short transfers. Advances iov in place. */
+ * short transfers, at most BLK_IOV_MAX segments per call. Advances iov in
+ * place and adds the bytes moved to *done. */
 static int blk_transfer(int fd, struct iovec *iov, unsigned int cnt,
-                        uint64_t len, bool write, off_t off) {
+                        uint64_t len, bool write, off_t off, uint64_t *done) {
     while (len > 0) {
-        ssize_t n = write ? pwritev(fd, iov, (int)cnt, off)
-                          : preadv(fd, iov, (int)cnt, off);
+        const int n_iov = cnt < BLK_IOV_MAX ? (int)cnt : BLK_IOV_MAX;
+        ssize_t n =
+            write ? pwritev(fd, iov, n_iov, off) : preadv(fd, iov, n_iov, off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             return n < 0 ? -errno : -EIO; /* 0: the image shrank under us */
         len -= (uint64_t)n;
         off += n;
+        *done += (uint64_t)n;
         blk_iov_advance(&iov, &cnt, (size_t)n);
     }
     return 0;
@@ -328,48 +561,99 @@ static uint8_t blk_rw_check(const BlkDev *dev, const struct blk_req *req,
     return VIRTIO_BLK_S_OK;
 }
 
-static uint8_t blk_do_rw(BlkDev *dev, struct blk_req *req, bool write,
-                         uint32_t *written) {
-    const uint8_t status = blk_rw_check(dev, req, write);
-    if (status != VIRTIO_BLK_S_OK)
-        return status;
-    if (blk_transfer(dev->img_fd, req->iov, req->niov, req->data_len, write,
-                     (off_t)(req->sector << BLK_SECTOR_SHIFT)) < 0)
-        return VIRTIO_BLK_S_IOERR;
-    if (!write)
-        *written = (uint32_t)req->data_len;
-    return VIRTIO_BLK_S_OK;
-}
-
-/* features.flush */
-static uint8_t blk_do_flush(BlkDev *dev, const struct blk_req *req) {
-    if (req->niov != 0)
-        return VIRTIO_BLK_S_IOERR;
-    while (fdatasync(dev->img_fd) < 0) {
-        if (errno != EINTR)
-            return VIRTIO_BLK_S_IOERR;
-    }
-    return VIRTIO_BLK_S_OK;
-}
-
 static uint8_t blk_do_get_id(struct blk_req *req, uint32_t *written) {
     if (!req->data_writable)
         return VIRTIO_BLK_S_IOERR;
     size_t off = 0;
     for (unsigned int i = 0; i < req->niov && off < BLK_ID_BYTES; i++) {
-        size_t n = req->iov[i].iov_len;
+        size_t n = req->data[i].iov_len;
         if (n > BLK_ID_BYTES - off)
             n = BLK_ID_BYTES - off;
-        memcpy(req->iov[i].iov_base, blk_serial + off, n);
+        memcpy(req->data[i].iov_base, blk_serial + off, n);
         off += n;
     }
     *written = (uint32_t)off;
     return VIRTIO_BLK_S_OK;
 }
 
-/* Put a finished request on the used ring. Used length = bytes written into
- * the guest's writable buffers; with no valid status buffer nothing at all
- * is written. Runs on the thread that owns the used ring. */
+/* Decide a request: either it is done (*status, *written set; BLK_OP_NONE)
+ * or it needs the I/O returned. Requests without image I/O (errors, GET_ID,
+ * ranges) are done here. Runs on the used side's owner. */
+static enum blk_op blk_prepare(BlkQueue *q, struct blk_req *req,
+                               uint8_t *status, uint32_t *written) {
+    BlkDev *dev = q->dev;
+    *written = 0;
+    *status = req->fault;
+    if (req->fault != VIRTIO_BLK_S_OK)
+        return BLK_OP_NONE;
+    switch (req->type) {
+    case VIRTIO_BLK_T_IN:
+    case VIRTIO_BLK_T_OUT: {
+        const bool write = req->type == VIRTIO_BLK_T_OUT;
+        *status = blk_rw_check(dev, req, write);
+        if (*status != VIRTIO_BLK_S_OK || req->data_len == 0)
+            return BLK_OP_NONE;
+        return write ? BLK_OP_WRITE : BLK_OP_READ;
+    }
+    case VIRTIO_BLK_T_FLUSH: /* features.flush */
+        if (req->niov != 0) {
+            *status = VIRTIO_BLK_S_IOERR;
+            return BLK_OP_NONE;
+        }
+        return BLK_OP_FLUSH;
+    case VIRTIO_BLK_T_GET_ID:
+        *status = blk_do_get_id(req, written);
+        return BLK_OP_NONE;
+    default:
+        *status = VIRTIO_BLK_S_UNSUPP;
+        return BLK_OP_NONE;
+    }
+}
+
+/* A driver that did not accept FLUSH takes every completed write as durable
+ * (it cannot ask for more): write through for it. */
+static bool blk_write_through(const BlkQueue *q) {
+    return !blk_negotiated(q, VIRTIO_BLK_F_FLUSH);
+}
+
+static int blk_fdatasync(int fd) {
+    while (fdatasync(fd) < 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+/* Run a prepared I/O synchronously; *written: bytes put in guest buffers. */
+static uint8_t blk_io_sync(BlkQueue *q, struct blk_req *req, enum blk_op op,
+                           uint32_t *written) {
+    const int fd = q->dev->img_fd;
+    uint64_t done = 0;
+    int err = 0;
+    switch (op) {
+    case BLK_OP_READ:
+    case BLK_OP_WRITE:
+        err = blk_transfer(fd, req->data, req->niov, req->data_len,
+                           op == BLK_OP_WRITE,
+                           (off_t)(req->sector << BLK_SECTOR_SHIFT), &done);
+        if (op == BLK_OP_READ)
+            *written = (uint32_t)done;
+        else if (err == 0 && blk_write_through(q))
+            err = blk_fdatasync(fd);
+        break;
+    case BLK_OP_FLUSH:
+        err = blk_fdatasync(fd);
+        break;
+    default:
+        break;
+    }
+    return err == 0 ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
+}
+
+/* Answer a request: status into its last writable byte, used length the
+ * bytes written (data and status; virtio 1.2 2.7.8), then the interrupt
+ * policy. A chain with no writable byte completes with length 0. Runs on
+ * the used side's owner. */
 static void blk_complete(BlkQueue *q, const struct blk_req *req, uint8_t status,
                          uint32_t written) {
     uint32_t used_len = 0;
@@ -377,96 +661,76 @@ static void blk_complete(BlkQueue *q, const struct blk_req *req, uint8_t status,
         *req->status = status;
         used_len = written + 1;
     }
-    update_used_ring(q->vq, req->head, used_len);
+    blk_push_used(q, req->head, used_len);
+    q->unsignalled++;
+    blk_irq(q, BLK_IRQ_COMPLETION);
 }
 
-/* Perform one request and put it on the used ring. Runs on the thread that
- * owns the used ring; does not inject the interrupt. */
-static void blk_handle(BlkQueue *q, struct blk_req *req) {
-    BlkDev *dev = q->dev;
-    uint32_t written = 0;
+/* Prepare, run synchronously and complete one request. */
+static void blk_run(BlkQueue *q, struct blk_req *req) {
     uint8_t status;
-
-    if (req->malformed) {
-        blk_complete(q, req, VIRTIO_BLK_S_IOERR, 0);
-        return;
-    }
-    switch (req->type) {
-    case VIRTIO_BLK_T_IN:
-        status = blk_do_rw(dev, req, false, &written);
-        break;
-    case VIRTIO_BLK_T_OUT:
-        status = blk_do_rw(dev, req, true, &written);
-        break;
-    case VIRTIO_BLK_T_FLUSH:
-        status = blk_do_flush(dev, req);
-        break;
-    case VIRTIO_BLK_T_GET_ID:
-        status = blk_do_get_id(req, &written);
-        break;
-    default:
-        status = VIRTIO_BLK_S_UNSUPP;
-        break;
-    }
-
+    uint32_t written;
+    const enum blk_op op = blk_prepare(q, req, &status, &written);
+    if (op != BLK_OP_NONE)
+        status = blk_io_sync(q, req, op, &written);
     blk_complete(q, req, status, written);
 }
 
-/* Signal the driver after publishing used entries. */
-static void blk_notify_guest(BlkQueue *q) {
-    /* Full barrier: the used index store must be visible before
-     * virtio_inject_irq() loads avail->flags / used_event, or the driver may
-     * go to sleep on an index it never sees move (hvisor's update_used_ring
-     * ends with a store-store barrier only). */
-    rw_barrier();
-    virtio_inject_irq(q->vq);
+/* Reset or close wants the queue: finish what is started, take nothing new
+ * (inline defines it). */
+static bool blk_leaving(BlkQueue *q);
+
+/* ---- The owner drains its queue --------------------------------------- */
+
+/* Drain the ring: handle everything with notifications off, re-enable, and
+ * look once more; threading.irq decides the interrupts. Runs on the queue's
+ * owner. Returns whether any request was completed. */
+static bool blk_drain_sync(BlkQueue *q) {
+    struct blk_req req;
+    bool completed = false;
+    if (!blk_ring_usable(q))
+        return false;
+    do {
+        blk_notify_off(q);
+        int r = 0;
+        while (!blk_leaving(q) && (r = blk_pop(q, &req)) > 0) {
+            blk_run(q, &req);
+            completed = true;
+        }
+        if (r < 0)
+            break; /* broken: the driver has been told */
+    } while (!blk_notify_on_and_empty(q) && !blk_leaving(q));
+    blk_irq(q, BLK_IRQ_BATCH_END);
+    return completed;
 }
 
-/* Is the avail ring empty, with notifications just re-enabled? */
-static bool blk_recheck_empty(BlkQueue *q) {
-    /* Full barrier: the store that re-enables notifications must be visible
-     * to the driver before we load avail->idx again; otherwise the driver can
-     * skip its kick while we miss its new entry (a lost wake-up). hvisor's
-     * enable_notify ends with a store-store barrier, which does not order a
-     * store before a later load on Arm. */
-    rw_barrier();
-    return vq_is_empty(q->vq);
+/* ---- backend.io = sync ------------------------------------------------- */
+
+/* Nothing per queue: requests run on the thread that takes them. */
+static int blk_io_setup(BlkQueue *q) {
+    (void)q;
+    return 0;
 }
 
-/* ---- inline: the main thread owns the virtqueue and drains it ---- */
+static void blk_io_teardown(BlkQueue *q) { (void)q; }
 
-/* inline: nothing else ever wants the queue while the handler runs. */
+static bool blk_drain(BlkQueue *q) { return blk_drain_sync(q); }
+
+/* ---- inline: the main thread owns the virtqueue and drains it --------- */
+
+/* Nothing else ever wants the queue while the handler runs. */
 static bool blk_leaving(BlkQueue *q) {
     (void)q;
     return false;
 }
 
-/* Drain the ring: handle everything with notifications off, re-enable, and
- * look once more; interrupt once for the whole batch
- * (threading.irq). Runs on the queue's owner. Returns whether any request
- * was completed. */
-static bool blk_drain_sync(BlkQueue *q) {
-    VirtQueue *vq = q->vq;
-    bool completed = false;
-    if (!blk_ring_usable(q))
-        return false;
-    do {
-        virtqueue_disable_notify(vq);
-        int r = 0;
-        while (!blk_leaving(q) && (r = blk_pop(q, &q->req)) > 0) {
-            blk_handle(q, &q->req);
-            completed = true;
-        }
-        virtqueue_enable_notify(vq);
-        if (r < 0)
-            break;
-    } while (!blk_leaving(q) && !blk_recheck_empty(q));
-    if (completed)
-        blk_notify_guest(q);
-    return completed;
+/* No threads to start or stop. */
+static int blk_threads_start(BlkQueue *q) {
+    (void)q;
+    return 0;
 }
 
-static bool blk_drain(BlkQueue *q) { return blk_drain_sync(q); }
+static void blk_threads_stop(BlkQueue *q) { (void)q; }
 
 /* QueueNotify, on hvisor's main thread: do all the work right here. Every
  * other MMIO access of every zone waits meanwhile: this is the baseline the
@@ -481,10 +745,7 @@ static int virtio_blk_notify_handler(VirtIODevice *vdev, VirtQueue *vq) {
 
 /* Reset, on the main thread: nothing runs concurrently, only forget what
  * was learnt about the old ring. */
-static void blk_queue_quiesce(BlkQueue *q) {
-    q->broken = false;
-    q->ring_checked = false;
-}
+static void blk_queue_quiesce(BlkQueue *q) { blk_ring_forget(q); }
 
 /* ---- Life cycle -----------------------------------------------------------
  */
@@ -497,13 +758,26 @@ static void virtio_blk_reset(VirtIODevice *vdev) {
         blk_queue_quiesce(&dev->queues[i]);
 }
 
-/* inline: no worker, nothing to stop. */
-static void blk_queue_stop(BlkQueue *q) { (void)q; }
-
+/* A queue's I/O state (sync), then its threads (inline).
+ * Main thread, at init. */
 static int blk_queue_start(BlkDev *dev, BlkQueue *q, VirtQueue *vq) {
     q->dev = dev;
     q->vq = vq;
+    if (blk_io_setup(q) != 0)
+        return -1;
+    if (blk_threads_start(q) != 0)
+        goto err_io_teardown;
     return 0;
+
+err_io_teardown:
+    blk_io_teardown(q);
+    return -1;
+}
+
+/* Undo blk_queue_start(): threads first, they use the I/O state. */
+static void blk_queue_stop(BlkQueue *q) {
+    blk_threads_stop(q);
+    blk_io_teardown(q);
 }
 
 /* Image size in bytes: regular files by stat, block devices by ioctl. */

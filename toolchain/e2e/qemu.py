@@ -57,12 +57,6 @@ def kernel_cmdline(machine: Machine, cpuinfo: str = "") -> str:
     """Console, panic handling and, for microvm, the TSC settings."""
     console = "ttyS0" if machine.arch == "amd64" else "ttyAMA0"
     parts = [f"console={console}", "panic=-1", "quiet", "loglevel=3", "rdinit=/init"]
-    if machine.arch == "amd64" and machine.transport == "pci":
-        # The kernel's EDD probe reads each BIOS disk through SeaBIOS's virtio-blk
-        # driver; against our backend that read never completes (the guest spins
-        # in real mode, kicking), while qemu-storage-daemon serves it. Linux does
-        # not need EDD, so the probe is skipped; see the e2e README section.
-        parts.append("edd=off")
     if machine.arch == "amd64" and machine.transport == "mmio":
         # microvm has no PIT/HPET to calibrate against.
         parts += [f"tsc_early_khz={host_khz(cpuinfo)}", "tsc=reliable"]

@@ -8,6 +8,7 @@ vice versa.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from collections.abc import Iterator, Sequence
@@ -79,6 +80,23 @@ class _FreeList:
         self.holes = merged
 
 
+#: memfd_secret(2) on x86_64 and aarch64 (the guest layer runs on the host).
+_NR_MEMFD_SECRET = 447
+
+
+def _memfd_secret() -> int:
+    """A memfd_secret file descriptor; GuestMemoryError with the reason if there is none."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(_NR_MEMFD_SECRET, 0x80000)  # O_CLOEXEC
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise GuestMemoryError(
+            f"memfd_secret is unavailable here ({os.strerror(err)}; Linux >= 5.14, "
+            "secretmem enabled)"
+        )
+    return int(fd)
+
+
 class GuestMemory:
     """Guest RAM made of memfd regions, with a small first-fit allocator.
 
@@ -87,7 +105,12 @@ class GuestMemory:
     regions separated by unmapped guest-physical space.
     """
 
-    def __init__(self, regions: Sequence[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self, regions: Sequence[tuple[int, int]] | None = None, *, unpinnable: bool = False
+    ) -> None:
+        """``unpinnable``: back the regions with memfd_secret, memory the kernel
+        cannot pin for a device (O_DIRECT into it fails with EFAULT), as
+        hvisor's zone memory in the root zone (hvisor-api.md section 14)."""
         layout = list(regions) if regions else [(DEFAULT_GPA, DEFAULT_SIZE)]
         layout.sort()
         for (a, sa), (b, _) in pairwise(layout):
@@ -102,7 +125,9 @@ class GuestMemory:
         for n, (gpa, size) in enumerate(layout):
             if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
                 raise GuestMemoryError("region base and size must be page aligned")
-            fd = os.memfd_create(f"guest-ram-{n}", os.MFD_CLOEXEC)
+            fd = (
+                _memfd_secret() if unpinnable else os.memfd_create(f"guest-ram-{n}", os.MFD_CLOEXEC)
+            )
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.regions.append(MemoryRegion(gpa, size, fd, mm, gpa + UADDR_OFFSET))

@@ -9,11 +9,21 @@ templates branch on, so no template ever compares strings.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 # The GET_ID serial is at most VIRTIO_BLK_ID_BYTES (20) bytes.
 VIRTIO_BLK_ID_BYTES = 20
@@ -25,6 +35,19 @@ VIRTIO_MAX_VQUEUES = 4
 MAX_RANGE_SEGMENTS = 256
 
 
+@dataclass(frozen=True)
+class _ModelTraits:
+    """What templates need to know about a threading model; no defaults, so a
+    new member must decide every one."""
+
+    has_worker: bool
+    owner_drains: bool
+    worker_drains: bool
+    main_thread_parses: bool
+    multiqueue: bool
+    summary: str
+
+
 class ThreadingModel(StrEnum):
     """Who parses descriptor chains, who does the I/O, who completes."""
 
@@ -34,45 +57,90 @@ class ThreadingModel(StrEnum):
     PER_QUEUE = "per-queue"
 
     @property
-    def has_worker(self) -> bool:
-        """I/O runs on worker threads, not in the notify handler."""
-        return self is not ThreadingModel.INLINE
+    def _traits(self) -> _ModelTraits:
+        return _MODEL_TRAITS[self]
 
     @property
-    def main_thread_parses(self) -> bool:
-        """The notify handler walks chains on the main thread (inline, procq)."""
-        return self in (ThreadingModel.INLINE, ThreadingModel.PROCQ)
+    def has_worker(self) -> bool:
+        """I/O runs on worker threads, not in the notify handler."""
+        return self._traits.has_worker
+
+    @property
+    def owner_drains(self) -> bool:
+        """One thread owns the whole virtqueue: it pops, does the I/O and completes."""
+        return self._traits.owner_drains
 
     @property
     def worker_drains(self) -> bool:
-        """A worker owns its virtqueue and drains it (worker-drain, per-queue)."""
-        return self in (ThreadingModel.WORKER_DRAIN, ThreadingModel.PER_QUEUE)
+        """That owner is a worker thread (worker-drain, per-queue)."""
+        return self._traits.worker_drains
 
     @property
-    def has_request_queue(self) -> bool:
-        """Parsed requests travel main -> worker through a mutex-protected FIFO."""
-        return self is ThreadingModel.PROCQ
+    def main_thread_parses(self) -> bool:
+        """The notify handler walks chains on hvisor's main thread (inline, procq)."""
+        return self._traits.main_thread_parses
 
     @property
     def multiqueue(self) -> bool:
         """The model serves more than one virtqueue."""
-        return self in (ThreadingModel.INLINE, ThreadingModel.PER_QUEUE)
+        return self._traits.multiqueue
 
     @property
     def summary(self) -> str:
         """One line for banners and docs."""
-        return {
-            ThreadingModel.INLINE: "no worker: the notify handler drains the queue, "
-            "does the I/O and completes on the main thread (the baseline)",
-            ThreadingModel.PROCQ: "main thread parses chains into a mutex-protected "
-            "request queue; one worker does the I/O, completes, and injects an IRQ "
-            "when the queue is empty (hvisor-tool before PR #95)",
-            ThreadingModel.WORKER_DRAIN: "main thread only signals; one worker owns "
-            "the virtqueue, drains it with notifications off, completes, and injects "
-            "one IRQ per batch (hvisor-tool HEAD)",
-            ThreadingModel.PER_QUEUE: "multiqueue: one worker per virtqueue, each "
-            "owning and draining its queue as in worker-drain",
-        }[self]
+        return self._traits.summary
+
+    @property
+    def partial(self) -> str:
+        """The template that implements the model."""
+        return f"threading/{self.value}.c.j2"
+
+    @classmethod
+    def names(cls, predicate: Callable[[ThreadingModel], bool]) -> str:
+        """Quoted names of the members for which predicate holds, for rule messages."""
+        return " or ".join(f"'{m.value}'" for m in cls if predicate(m))
+
+
+_MODEL_TRAITS: dict[ThreadingModel, _ModelTraits] = {
+    ThreadingModel.INLINE: _ModelTraits(
+        has_worker=False,
+        owner_drains=True,
+        worker_drains=False,
+        main_thread_parses=True,
+        multiqueue=True,
+        summary="no worker: the notify handler drains the queue, does the I/O and "
+        "completes on the main thread (the baseline)",
+    ),
+    ThreadingModel.PROCQ: _ModelTraits(
+        has_worker=True,
+        owner_drains=False,
+        worker_drains=False,
+        main_thread_parses=True,
+        multiqueue=False,
+        summary="main thread parses chains into a mutex-protected request queue; one "
+        "worker does the I/O, completes, and injects an IRQ when the queue is empty "
+        "(hvisor-tool before PR #95)",
+    ),
+    ThreadingModel.WORKER_DRAIN: _ModelTraits(
+        has_worker=True,
+        owner_drains=True,
+        worker_drains=True,
+        main_thread_parses=False,
+        multiqueue=False,
+        summary="main thread only signals; one worker owns the virtqueue, drains it "
+        "with notifications off, completes, and injects one IRQ per batch "
+        "(hvisor-tool HEAD)",
+    ),
+    ThreadingModel.PER_QUEUE: _ModelTraits(
+        has_worker=True,
+        owner_drains=True,
+        worker_drains=True,
+        main_thread_parses=False,
+        multiqueue=True,
+        summary="multiqueue: one worker per virtqueue, each owning and draining its "
+        "queue as in worker-drain",
+    ),
+}
 
 
 class IrqPolicy(StrEnum):
@@ -84,7 +152,15 @@ class IrqPolicy(StrEnum):
     @property
     def per_request(self) -> bool:
         """Interrupt after every completed request."""
-        return self is IrqPolicy.PER_REQUEST
+        return {IrqPolicy.PER_BATCH: False, IrqPolicy.PER_REQUEST: True}[self]
+
+
+@dataclass(frozen=True)
+class _IoTraits:
+    """What templates and rules need to know about an I/O backend."""
+
+    asynchronous: bool
+    summary: str
 
 
 class IoBackend(StrEnum):
@@ -95,17 +171,31 @@ class IoBackend(StrEnum):
 
     @property
     def asynchronous(self) -> bool:
-        """Many requests in flight per queue, completions reaped in batches."""
-        return self is IoBackend.IO_URING
+        """Many requests in flight per queue: needs a thread that owns the queue."""
+        return _IO_TRAITS[self].asynchronous
 
     @property
     def summary(self) -> str:
         """One line for banners and docs."""
-        return {
-            IoBackend.SYNC: "blocking preadv/pwritev/fdatasync on the queue's owner",
-            IoBackend.IO_URING: "io_uring: many requests in flight per queue, completions "
-            "reaped in batches; falls back to sync where io_uring is unavailable",
-        }[self]
+        return _IO_TRAITS[self].summary
+
+    @property
+    def partial(self) -> str:
+        """The template that implements the backend."""
+        return f"io/{self.value}.c.j2"
+
+
+_IO_TRAITS: dict[IoBackend, _IoTraits] = {
+    IoBackend.SYNC: _IoTraits(
+        asynchronous=False,
+        summary="blocking preadv/pwritev/fdatasync on the queue's owner",
+    ),
+    IoBackend.IO_URING: _IoTraits(
+        asynchronous=True,
+        summary="io_uring: many requests in flight per queue, completions reaped in "
+        "batches; falls back to sync where io_uring is unavailable",
+    ),
+}
 
 
 class _Section(BaseModel):
@@ -114,6 +204,16 @@ class _Section(BaseModel):
 
 class Device(_Section):
     """Device identity and the limits it advertises."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seg_max_follows_queue_size(cls, data: object) -> object:
+        """Without an explicit seg_max, offer what a direct chain can carry."""
+        if isinstance(data, dict) and "seg_max" not in data:
+            size = data.get("queue_size", 512)
+            if isinstance(size, int) and not isinstance(size, bool) and 3 <= size <= IOV_MAX:
+                data = {**data, "seg_max": size - 2}
+        return data
 
     serial: Annotated[
         StrictStr,
@@ -141,8 +241,13 @@ class Device(_Section):
     ] = 512
     seg_max: Annotated[
         StrictInt,
-        Field(ge=1, le=IOV_MAX, description="Most data segments in one request (config seg_max)."),
-    ] = 512
+        Field(
+            ge=1,
+            le=IOV_MAX,
+            description="Most data segments in one request (config seg_max); default "
+            "queue_size - 2, the most a direct chain holds beside header and status.",
+        ),
+    ] = 510
     size_max: Annotated[
         StrictInt,
         Field(
@@ -410,6 +515,26 @@ class Spec(BaseModel):
         return self.device.queue_size - 2
 
     @property
+    def chain_max(self) -> int:
+        """Most descriptors one chain may use, direct and indirect together.
+
+        virtio 1.2 §2.7.5.3.1 bounds a chain by the queue size; an indirect
+        table may also carry every data segment SEG_MAX allows plus header and
+        status, as Linux sends it.
+        """
+        return max(self.device.queue_size, self.data_segments_max + 2)
+
+    @property
+    def has_range_ops(self) -> bool:
+        """DISCARD or WRITE_ZEROES is offered (ranges of sectors, not data)."""
+        return self.features.discard or self.features.write_zeroes
+
+    @property
+    def writable(self) -> bool:
+        """The device can be written (features.ro off)."""
+        return not self.features.ro
+
+    @property
     def range_segments_max(self) -> int:
         """Most DISCARD / WRITE_ZEROES segments accepted in one request."""
         return max(
@@ -420,12 +545,7 @@ class Spec(BaseModel):
     @property
     def needs_gnu_source(self) -> bool:
         """The device uses GNU extensions (fallocate, O_DIRECT, CPU affinity)."""
-        return (
-            self.features.discard
-            or self.features.write_zeroes
-            or self.backend.direct
-            or bool(self.threading.affinity)
-        )
+        return self.has_range_ops or self.backend.direct or bool(self.threading.affinity)
 
     @property
     def serial_c(self) -> str:

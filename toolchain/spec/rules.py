@@ -62,7 +62,7 @@ def _multiqueue_needs_mq_and_a_multiqueue_model(spec: SpecBody) -> Iterator[Find
         yield (
             ("threading", "model"),
             f"'{model.value}' serves one queue, but device.num_queues is {n}; "
-            "use 'per-queue' or 'inline'",
+            f"use {ThreadingModel.names(lambda m: m.multiqueue)}",
         )
     if model is ThreadingModel.PER_QUEUE and n < 2:
         yield (
@@ -113,8 +113,8 @@ def _polling_needs_a_draining_worker(spec: SpecBody) -> Iterator[Finding]:
     if t.poll_us and not t.model.worker_drains:
         yield (
             ("threading", "poll_us"),
-            f"polling needs a worker that owns its queue ('worker-drain' or 'per-queue'), "
-            f"not '{t.model.value}'",
+            "polling needs a worker that owns its queue "
+            f"({ThreadingModel.names(lambda m: m.worker_drains)}), not '{t.model.value}'",
         )
 
 
@@ -132,8 +132,8 @@ def _io_uring_needs_a_draining_worker(spec: SpecBody) -> Iterator[Finding]:
     if spec.backend.io.asynchronous and not model.worker_drains:
         yield (
             ("backend", "io"),
-            f"io_uring keeps requests in flight on a worker that owns its queue "
-            f"('worker-drain' or 'per-queue'), not '{model.value}'",
+            f"{spec.backend.io.value} keeps requests in flight on a worker that owns its "
+            f"queue ({ThreadingModel.names(lambda m: m.worker_drains)}), not '{model.value}'",
         )
 
 
@@ -144,6 +144,24 @@ def _direct_io_needs_announced_block_size(spec: SpecBody) -> Iterator[Finding]:
             ("backend", "direct"),
             "O_DIRECT needs every request aligned to the block size, so the driver must "
             "be told it: enable features.blk_size",
+        )
+
+
+def _seg_max_fits_a_direct_chain(spec: SpecBody) -> Iterator[Finding]:
+    d = spec.device
+    if spec.features.seg_max and not spec.features.indirect_desc and d.seg_max > d.queue_size - 2:
+        if d.queue_size < 3:
+            yield (
+                ("device", "queue_size"),
+                f"a {d.queue_size}-entry ring cannot carry header, data and status in one "
+                "chain; give at least 4, or enable features.indirect_desc",
+            )
+            return
+        yield (
+            ("device", "seg_max"),
+            f"{d.seg_max} data segments cannot fit a chain of at most device.queue_size "
+            f"({d.queue_size}) descriptors with header and status (virtio 1.2 2.7.5.3.1); "
+            f"give at most {d.queue_size - 2}, or enable features.indirect_desc",
         )
 
 
@@ -160,6 +178,7 @@ RULES: tuple[Rule, ...] = (
     _affinity_needs_workers,
     _io_uring_needs_a_draining_worker,
     _direct_io_needs_announced_block_size,
+    _seg_max_fits_a_direct_chain,
 )
 
 
