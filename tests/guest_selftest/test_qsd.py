@@ -6,6 +6,7 @@ import os
 import random
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,38 @@ def test_two_queues(start_qsd: Callable[..., Backend]) -> None:
         d.write(0, b"\x01" * 512, queue=0)
         d.write(1, b"\x02" * 512, queue=1)
         assert d.read(0, 1024, queue=1) == b"\x01" * 512 + b"\x02" * 512
+
+
+def test_needs_reset_sees_a_backend_that_closed_the_connection(
+    qsd_binary: str, image: Path, tmp_path: Path
+) -> None:
+    """The vhost-user side of BlkDevice.wait_needs_reset: EOF on the socket, or nothing.
+
+    (A killed backend reads the same: a caller tells them apart with alive().)
+    """
+    be = Backend.qemu_storage_daemon(str(image), tmp_path / "logs", binary=qsd_binary)
+    with be, BlkDevice(timeout=3.0) as d:
+        d.connect(be.socket_path)
+        assert d.needs_reset() is None
+        assert d.wait_needs_reset(0.1) is None
+        be.kill()
+        told = d.wait_needs_reset(3.0)
+        assert told is not None and told.transport == "vhost-user"
+        assert told.config_interrupt is None
+
+
+def test_needs_reset_after_a_vu_panic_and_reconnect_recovers(dev: BlkDevice, qsd: Backend) -> None:
+    """libvhost-user drops the frontend on a ring it refuses (here a zero-length buffer);
+    the helper reports it, the backend lives, a reconnect serves again."""
+    q = dev.queues[0]
+    hdr = dev.memory.alloc(16)
+    dev.memory.write(hdr, BlkRequest.header(0, 0))
+    head = q.add_chain([(hdr, 16, False), (hdr, 0, True)])
+    q.publish(head)
+    q.kick()
+    told = dev.wait_needs_reset(3.0)
+    assert told is not None
+    assert qsd.alive()
+    dev.reconnect()
+    assert dev.needs_reset() is None
+    assert len(dev.read(0, 512)) == 512

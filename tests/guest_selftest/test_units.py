@@ -1,9 +1,14 @@
-"""Backend-free tests of guest memory, the virtqueue layout and the shadow disk."""
+"""Backend-free tests of guest memory, the virtqueue layout, the shadow disk, and the
+virtio-mmio driver's needs-reset check against a stand-in register file."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from toolchain.bridge.mmio import MmioTransport
+from toolchain.bridge.world import Device
 from toolchain.guest import (
     BlkConfig,
     GuestMemory,
@@ -98,3 +103,77 @@ def test_shadow_disk() -> None:
         s.check_read(0, b"\x01")
     s.forget(0, 512)
     s.check_read(0, b"\x99" * 512)
+
+
+class _RegisterFile:
+    """A stand-in for the bridge world: register reads and writes of one device."""
+
+    def __init__(self, status: int, isr: int) -> None:
+        self.regs = {0x070: status, 0x060: isr}
+        self.pending_irqs = 0
+        self.acked: list[int] = []
+
+    def access(
+        self,
+        zone: int,
+        cpu: int,
+        address: int,
+        size: int,
+        value: int = 0,
+        write: bool = False,
+        timeout: float = 10.0,
+    ) -> int:
+        off = address - DEVICE.addr
+        if write:
+            if off == 0x064:  # InterruptACK
+                self.acked.append(value)
+                self.regs[0x060] &= ~value
+            else:
+                self.regs[off] = value
+            return 0
+        return self.regs.get(off, 0)
+
+    def take_irqs(self, zone: int, irq: int) -> int:
+        n, self.pending_irqs = self.pending_irqs, 0
+        return n
+
+
+DEVICE = Device(0xA003C00, 78)
+
+
+def _mmio(status: int, isr: int) -> tuple[MmioTransport, _RegisterFile]:
+    world = _RegisterFile(status, isr)
+    return MmioTransport(world, 1, DEVICE), world  # type: ignore[arg-type]
+
+
+def test_mmio_needs_reset_reads_status_and_the_config_interrupt_bit() -> None:
+    """virtio 1.2 §2.1, §4.2.2: DEVICE_NEEDS_RESET (0x40) in Status; InterruptStatus bit 1."""
+    t, _ = _mmio(0x0F, 0)
+    assert t.needs_reset() is None
+    t, world = _mmio(0x4F, 0x2)
+    told = t.needs_reset()
+    assert told is not None and told.transport == "hvisor"
+    assert told.config_interrupt is True and "0x4f" in told.how
+    assert world.acked == []  # reading does not acknowledge: the handler's job
+    t, _ = _mmio(0x4F, 0)
+    told = t.needs_reset()
+    assert told is not None and told.config_interrupt is False
+
+
+def test_mmio_needs_reset_remembers_a_config_interrupt_the_handler_took() -> None:
+    """The interrupt handler acknowledged the config-change bit before the driver looked."""
+    t, world = _mmio(0x4F, 0x3)
+    world.pending_irqs = 1
+    assert t.service_interrupt() == 1
+    assert world.acked == [0x3] and world.regs[0x060] == 0
+    told = t.needs_reset()
+    assert told is not None and told.config_interrupt is True
+
+
+def test_mmio_wait_needs_reset_polls_until_the_bit_appears_or_times_out() -> None:
+    t, world = _mmio(0x0F, 0)
+    t0 = time.monotonic()
+    assert t.wait_needs_reset(0.05) is None
+    assert time.monotonic() - t0 >= 0.05
+    world.regs[0x070] = 0x4F
+    assert t.wait_needs_reset(1.0) is not None
