@@ -710,39 +710,43 @@ static void blk_fifo_push(BlkQueue *q, struct blk_req *req) {
     q->fifo_len++;
 }
 
-/* Move every available chain into the FIFO. Main thread (the notify handler):
- * it owns the avail side and last_avail_idx in this model. */
+/* Parse every available chain, as hvisor-tool did before PR #95: the whole
+ * batch (notifications off, drain, on, look again) into a local list, then
+ * onto the FIFO under one lock with one signal. Main thread (the notify
+ * handler): it owns the avail side and last_avail_idx in this model. */
 static void blk_parse_pending(BlkQueue *q) {
-    bool exhausted = false, broken = false;
+    struct blk_req *batch[VIRTQUEUE_BLK_MAX_SIZE];
+    unsigned int taken, parsed = 0;
+    int r = 0;
     if (!blk_ring_usable(q))
         return;
+    /* Slots for the batch: every chain a ring can hold. */
+    pthread_mutex_lock(&q->mtx);
+    for (taken = 0; taken < q->ring.num && q->nfree > 0; taken++)
+        batch[taken] = q->free_slots[--q->nfree];
+    pthread_mutex_unlock(&q->mtx);
     do {
         blk_notify_off(q);
-        for (;;) {
-            pthread_mutex_lock(&q->mtx);
-            struct blk_req *req = q->nfree ? q->free_slots[--q->nfree] : NULL;
-            pthread_mutex_unlock(&q->mtx);
-            if (req == NULL) {
-                /* Only a guest that publishes one head twice can have more
-                 * chains in flight than ring entries: leave the rest. */
-                log_debug("virtio-blk: request pool exhausted");
-                exhausted = true;
-                break;
-            }
-            int r = blk_pop(q, req);
-            pthread_mutex_lock(&q->mtx);
-            if (r > 0) {
-                blk_fifo_push(q, req);
-                pthread_cond_signal(&q->cond);
-            } else {
-                q->free_slots[q->nfree++] = req;
-            }
-            pthread_mutex_unlock(&q->mtx);
-            broken = r < 0;
-            if (r <= 0)
-                break;
+        while (parsed < taken && (r = blk_pop(q, batch[parsed])) > 0)
+            parsed++;
+        if (r < 0)
+            break; /* broken: the driver has been told */
+        if (parsed == taken) {
+            /* No slot left: only a guest that publishes one head twice has
+             * more chains in flight than ring entries; the rest waits. */
+            log_debug("virtio-blk: request pool exhausted");
+            blk_notify_on_and_empty(q);
+            break;
         }
-    } while (!broken && !blk_notify_on_and_empty(q) && !exhausted);
+    } while (!blk_notify_on_and_empty(q));
+    pthread_mutex_lock(&q->mtx);
+    for (unsigned int i = 0; i < parsed; i++)
+        blk_fifo_push(q, batch[i]);
+    for (unsigned int i = parsed; i < taken; i++)
+        q->free_slots[q->nfree++] = batch[i];
+    if (parsed != 0)
+        pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&q->mtx);
 }
 
 static void *blk_worker(void *arg) {
