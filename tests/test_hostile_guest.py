@@ -796,6 +796,28 @@ def test_invalid_ring_size_drops_the_connection_and_the_backend_serves_the_next(
         assert_device_works(dev, dut, shadow)
 
 
+@pytest.mark.vhost_user_only("SET_MEM_TABLE belongs to the vhost-user runtime")
+def test_a_memory_region_larger_than_its_file_drops_the_connection(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk
+) -> None:
+    """A region past the end of its fd would SIGBUS the backend on first touch: refused."""
+    mem = GuestMemory()
+    os.ftruncate(mem.regions[0].fd, mem.regions[0].size // 2)  # never touched here again
+    try:
+        with (
+            VhostUserFrontend(backend.socket_path, dut.timeout) as fe,
+            pytest.raises(VhostUserError),
+        ):
+            handshake(fe, mem)
+            fe.get_features()  # without REPLY_ACK the drop shows here
+    finally:
+        mem.close()
+    assert backend.alive()
+    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
+        backend.attach(dev)
+        assert_device_works(dev, dut, shadow)
+
+
 # ---- reset and disconnect under load -------------------------------------------------------------
 
 

@@ -685,6 +685,27 @@ static int h_set_mem_table(struct vu_msg *m) {
         }
     }
 
+    for (i = 0; i < mem->nregions; i++) {
+        const struct vu_region *r = &mem->regions[i];
+        struct stat st;
+
+        /* A mapping past the end of its file faults (SIGBUS) on first
+         * touch: the file must hold the whole region. */
+        if (fstat(m->fds[i], &st) != 0) {
+            log_error("SET_MEM_TABLE: region %u: fstat: %s", i,
+                      strerror(errno));
+            return RC_PROTO;
+        }
+        if (S_ISREG(st.st_mode) &&
+            (uint64_t)st.st_size < r->mmap_offset + r->memory_size) {
+            log_error("SET_MEM_TABLE: region %u needs %" PRIu64
+                      " bytes of its file, which has %lld",
+                      i, r->mmap_offset + r->memory_size,
+                      (long long)st.st_size);
+            return RC_PROTO;
+        }
+    }
+
     memset(&fresh, 0, sizeof(fresh));
     for (i = 0; i < mem->nregions; i++) {
         const struct vu_region *r = &mem->regions[i];
