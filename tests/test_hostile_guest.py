@@ -270,7 +270,7 @@ def test_bad_index_or_loop_completes_nothing_and_the_device_needs_reset(
     2.7.5.2): no byte of it is trusted as a status, so nothing completes; the driver is told."""
     bufs, entries = _read_chain(dev)
     descs, head = build(entries, raw.num)
-    out = raw.post(descs, [head], expect=0, settle=settle(dut))
+    out = raw.post(descs, [head], expect=0, settle=dut.timeout, until=dev.needs_reset)
     assert used(out) == []
     assert out.unexpected() == []
     assert bufs.check_guards() == []
@@ -344,7 +344,7 @@ def test_indirect_descriptor_is_never_followed_when_not_negotiated(
             descs = link(
                 [(h.gpa, 16, 0), (t.gpa, len(table), VRING_DESC_F_INDIRECT), (s.gpa, 1, W)]
             )
-        out = raw.post(descs, [0], expect=0, settle=settle(dut))
+        out = raw.post(descs, [0], expect=0, settle=dut.timeout, until=dev.needs_reset)
         assert used(out) == []
         assert out.unexpected() == []
         assert bufs.check_guards() == tbl.check_guards() == []
@@ -410,7 +410,9 @@ def test_buffer_not_inside_one_region_gets_ioerr_or_needs_reset_if_it_holds_the_
     entries[k] = (addr, length, entries[k][2])
     status = bufs.segments[2]
     if which == "status":
-        out = raw.post(link(entries), [0], extra=edges, expect=0, settle=settle(dut))
+        out = raw.post(
+            link(entries), [0], extra=edges, expect=0, settle=dut.timeout, until=dev.needs_reset
+        )
         assert used(out) == []
         assert out.unexpected() == []
     else:
@@ -692,7 +694,14 @@ def test_avail_index_more_than_a_ring_ahead_is_left_alone_until_reset(
     bufs, entries = _read_chain(dev)
     q = raw.q
     start, used_before = q._avail_idx, q.used_idx
-    out = raw.post(link(entries), [0], avail_idx=start + raw.num + 1, expect=0, settle=settle(dut))
+    out = raw.post(
+        link(entries),
+        [0],
+        avail_idx=start + raw.num + 1,
+        expect=0,
+        settle=dut.timeout,
+        until=dev.needs_reset,
+    )
     assert out.used == []
     # hvisor-tool's own main thread busy-polls the request ring 10M rounds after
     # every access (its core, not the device): there, count the device's threads.
@@ -1064,7 +1073,9 @@ def test_an_index_past_a_table_that_ends_guest_memory_is_never_read(
         assert d.queues[0].desc_gpa == 0x1000_0000  # the table ends region 0
         _bufs, entries = _read_chain(d)
         for head in (size, size + 1, 0xFFFF):
-            out = RawQueue(d).post(link(entries), [head], expect=0, settle=settle(dut))
+            out = RawQueue(d).post(
+                link(entries), [head], expect=0, settle=dut.timeout, until=d.needs_reset
+            )
             assert used(out) == []
             assert out.unexpected() == []
             assert_told_and_recovers(d, backend, dut, shadow)

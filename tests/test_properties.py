@@ -380,8 +380,9 @@ def check_example(
     p = predict(dev.memory, table, head, dut)
     try:
         if p.broken:
-            settle = 0.5 if dut.target.emulated else 0.15
-            out = raw.post(descs, [head], watch_all=True, expect=0, settle=settle)
+            out = raw.post(
+                descs, [head], watch_all=True, expect=0, settle=dut.timeout, until=dev.needs_reset
+            )
             assert out.used == [], f"completions {out.used} of a chain that cannot be trusted"
             assert outside(out.changed, []) == [], f"wrote: {out.unexpected([])}"
             event("needs reset")

@@ -277,13 +277,15 @@ class RawQueue:
         extra: Iterable[Range] = (),
         watch_all: bool = False,
         kick: bool = True,
+        until: Callable[[], object] | None = None,
     ) -> Outcome:
         """Write ``descs``, publish ``heads``, kick, and wait for the completions.
 
         ``avail_idx`` overrides the index published (default: advance by
         ``len(heads)``). ``expect`` completions are waited for (default: one per
         head); with ``expect=0`` the call waits ``settle`` seconds and returns
-        whatever arrived. The snapshot is taken after the descriptors and
+        whatever arrived, or, with ``until``, only until ``until()`` is true
+        (and 50 ms more). The snapshot is taken after the descriptors and
         avail entries are written and before the avail index moves.
         """
         q = self.q
@@ -306,7 +308,18 @@ class RawQueue:
             q.kick()
         want = len(heads) if expect is None else expect
         limit = self.dev.timeout if timeout is None else timeout
-        used = q.wait_used(limit, want) if want else q.wait_used(settle, 1)
+        if want:
+            used = q.wait_used(limit, want)
+        elif until is None:
+            used = q.wait_used(settle, 1)
+        else:
+            # Nothing may complete: watch until ``until()`` holds (the device
+            # said it needs a reset) or ``settle`` ends, then a little longer.
+            deadline = time.monotonic() + settle
+            used = q.wait_used(0.02, 1)
+            while not until() and time.monotonic() < deadline:
+                used += q.wait_used(0.02, 1)
+            used += q.wait_used(0.05, 1)
         if want and len(used) < want:
             # Give a misbehaving device the chance to show extra completions.
             used += q.wait_used(0, 1)
