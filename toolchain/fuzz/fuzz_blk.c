@@ -466,6 +466,17 @@ FZ_HARNESS int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     BlkQueue *q = &dev.queues[0];
     q->dev = &dev;
     q->vq = &vq;
+#ifdef BLK_BOUNCE_BYTES
+    /* backend.direct: what init() and the queue's start set up */
+    static uint8_t *fz_bounce;
+    if (fz_bounce == NULL &&
+        posix_memalign((void **)&fz_bounce, 4096, BLK_BOUNCE_BYTES) != 0) {
+        perror("fuzz_blk: bounce buffer");
+        exit(2);
+    }
+    q->bounce = fz_bounce;
+    dev.dio_align = BLK_BLOCK_SIZE;
+#endif
     vdev.dev = &dev;
     fz_signals = 0;
     unsigned int completed = 0;
