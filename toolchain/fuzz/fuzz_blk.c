@@ -213,6 +213,8 @@ FZ_HARNESS static void fz_walk(const VirtQueue *vq, bool indirect_ok,
     uint64_t size = vq->num, steps = 0;
     bool nested = false;
     uint16_t idx = head;
+    uint8_t hdr_bytes[sizeof(BlkReqHead)];
+    size_t hdr_got = 0;
     while (idx < size && steps++ < size) {
         VirtqDesc d;
         memcpy(&d, table + (size_t)idx * sizeof(d), sizeof(d));
@@ -234,20 +236,23 @@ FZ_HARNESS static void fz_walk(const VirtQueue *vq, bool indirect_ok,
             c->last_w_len = d.len;
             if (fz_allow(d.addr, d.len, FZ_USED_OFF, FZ_USED_OFF + used_bytes))
                 c->touches_used = true;
-        } else if (d.len != 0 && !c->have_header) {
-            long off = fz_host_off(d.addr);
-            long end = fz_host_off(d.addr + sizeof(BlkReqHead) - 1);
-            if (d.len == sizeof(BlkReqHead) && off >= 0 && end == off + 15) {
+        } else if (d.len != 0) {
+            /* Any layout: the header is the first 16 readable bytes,
+             * wherever they lie; the rest is data. */
+            uint32_t take = 0;
+            while (hdr_got < sizeof(BlkReqHead) && take < d.len) {
+                long off = fz_host_off(d.addr + take);
+                hdr_bytes[hdr_got++] = off >= 0 ? fz_host[off] : 0;
+                take++;
+            }
+            if (hdr_got == sizeof(BlkReqHead) && !c->have_header) {
                 BlkReqHead h;
-                memcpy(&h, fz_host + off, sizeof(h));
+                memcpy(&h, hdr_bytes, sizeof(h));
                 c->type = le32toh(h.type);
                 c->sector = le64toh(h.sector);
-            } else {
-                c->type = UINT32_MAX; /* a header the device must refuse */
+                c->have_header = true;
             }
-            c->have_header = true;
-        } else if (d.len != 0) {
-            c->readable += d.len;
+            c->readable += d.len - take;
         }
         if (!(d.flags & VRING_DESC_F_NEXT))
             break;
