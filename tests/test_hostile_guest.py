@@ -7,8 +7,8 @@ everything the chain references, and checks that:
 
 - the outcome is the one the rule calls for (docs/conformance.md): a request
   whose chain is sound but breaks a rule completes with VIRTIO_BLK_S_IOERR in
-  its last device-writable byte and used length 1 (length 0 and nothing
-  written when it has no writable byte); a chain whose structure cannot be
+  its last device-writable byte (used length 1, or 0 when unwritten writable
+  bytes precede it; nothing written when it has no writable byte); a chain whose structure cannot be
   trusted completes nothing, and the device tells the driver it needs a reset;
 - only the intended writable bytes changed (the status byte, the data of a
   successful read), guard bytes included;
@@ -140,6 +140,13 @@ def assert_told_and_recovers(
     assert backend.alive()
     dev.reconnect()
     assert_device_works(dev, dut, shadow)
+
+
+def error_len(writable_before_status: int) -> int:
+    """Used length of an error completion: the status byte counts only when no unwritten
+    writable byte precedes it (virtio 1.2 2.7.8: "at least len bytes ... beginning at the
+    first device-writable buffer")."""
+    return 0 if writable_before_status else 1
 
 
 def last_writable_byte(segments: list[Segment], flags: list[int]) -> Range | None:
@@ -417,7 +424,7 @@ def test_buffer_not_inside_one_region_gets_ioerr_or_needs_reset_if_it_holds_the_
         assert out.unexpected() == []
     else:
         out = raw.post(link(entries), [0], extra=edges)
-        assert used(out) == [(0, 1)]
+        assert used(out) == [(0, error_len(512))]  # the unwritten data precedes the status
         assert out.unexpected([span(status)]) == []
         assert dev.memory.read(status.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert bufs.check_guards() == []
@@ -516,7 +523,8 @@ def test_malformed_request_gets_ioerr_in_its_last_writable_byte_and_changes_noth
     shadow: ShadowDisk,
     case: str,
 ) -> None:
-    """IOERR + used len 1 in the last writable byte; used len 0 and no write without one."""
+    """IOERR in the last writable byte (used len 1, or 0 when unwritten writable bytes
+    precede it); used len 0 and no write without a writable byte."""
     contents, flags = FORMAT_CASES[case]
     # Only the byte that will hold the status may change.
     status_part = max((k for k, f in enumerate(flags) if f & W), default=None)
@@ -524,7 +532,8 @@ def test_malformed_request_gets_ioerr_in_its_last_writable_byte_and_changes_noth
     entries = [(s.gpa, s.length, f) for s, f in zip(bufs.segments, flags, strict=True)]
     out = raw.post(link(entries), [0])
     status = last_writable_byte(bufs.segments, flags)
-    assert used(out) == [(0, 1 if status else 0)]
+    before = sum(seg.length for seg, f in zip(bufs.segments, flags, strict=True) if f & W) - 1
+    assert used(out) == [(0, error_len(before) if status else 0)]
     assert out.unexpected([status] if status else []) == []
     if status:
         assert dev.memory.read(status[0], 1)[0] == VIRTIO_BLK_S_IOERR
@@ -569,7 +578,7 @@ def test_more_data_segments_than_seg_max_are_refused(
     entries[0] = (entries[0][0], 16, 0)
     out = raw.post(link(entries), [0])
     status = bufs.segments[-1]
-    assert used(out) == [(0, 1)]
+    assert used(out) == [(0, error_len(512 * (limit + 1)))]
     assert out.unexpected([span(status, 1)]) == []
     assert dev.memory.read(status.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert_device_works(dev, dut, shadow)
@@ -594,7 +603,7 @@ def test_seg_max_readable_then_seg_max_plus_1_writable_segments_are_refused_in_b
     entries += [(s.gpa, s.length, W) for s in bufs.segments[limit + 1 :]]
     out = raw.post(link(entries), [0])
     status = bufs.segments[-1]
-    assert used(out) == [(0, 1)]
+    assert used(out) == [(0, error_len(512 * (limit + 1)))]
     assert out.unexpected([span(status, 1)]) == []
     assert dev.memory.read(status.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert bufs.check_guards() == []
@@ -615,7 +624,7 @@ def test_a_segment_of_size_max_works_and_a_larger_one_is_refused(
         refused = nbytes > size_max and dut.spec.features.size_max
         if refused:
             # The chain's status descriptor is valid: IOERR through it.
-            assert used(out) == [(0, 1)]
+            assert used(out) == [(0, error_len(nbytes))]
             assert out.unexpected([span(s)]) == []
             assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
         else:
@@ -671,7 +680,7 @@ def test_sector_range_outside_the_disk_gets_ioerr_and_never_grows_the_image(
     out = raw.post(
         link([(h.gpa, 16, 0), (d.gpa, nbytes, W if data_writable else 0), (s.gpa, 1, W)]), [0]
     )
-    assert used(out) == [(0, 1)]
+    assert used(out) == [(0, error_len(nbytes if data_writable else 0))]
     assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert out.unexpected([span(s)]) == []
     assert bufs.check_guards() == []
@@ -1086,12 +1095,12 @@ def test_an_index_past_a_table_that_ends_guest_memory_is_never_read(
 def test_data_on_both_sides_of_a_read_is_refused_and_the_readable_part_kept(
     dev: BlkDevice, raw: RawQueue, dut: DeviceUnderTest, shadow: ShadowDisk, backend: Backend
 ) -> None:
-    """IN with a device-readable and a device-writable data buffer: IOERR, used len 1."""
+    """IN with a device-readable and a device-writable data buffer: IOERR, used len 0."""
     bufs = buffers(dev, (hdr(VIRTIO_BLK_T_IN), False), (512, False), (512, True), (1, True))
     h, rd, wr, st = bufs.segments
     chain = [(h.gpa, 16, 0), (rd.gpa, 512, 0), (wr.gpa, 512, W), (st.gpa, 1, W)]
     out = raw.post(link(chain), [0])
-    assert used(out) == [(0, 1)]
+    assert used(out) == [(0, error_len(512))]
     assert dev.memory.read(st.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert out.unexpected([span(st)]) == []
     assert bufs.check_guards() == []

@@ -312,7 +312,13 @@ def predict(
         return BROKEN  # the status buffer is not in guest RAM
     status_gpa = addr + length - 1
     wsegs = [(a, n) for a, n, _ in writes[:-1]] + ([(addr, length - 1)] if length > 1 else [])
-    ioerr = Prediction({(VIRTIO_BLK_S_IOERR, 1)}, status_gpa)
+    before = sum(n for _, n in wsegs)
+
+    def used_len(written: int) -> int:
+        # The status counts only with no unwritten writable byte before it (2.7.8).
+        return written + 1 if written == before else written
+
+    ioerr = Prediction({(VIRTIO_BLK_S_IOERR, used_len(0))}, status_gpa)
     if not sound:
         return ioerr
     got, rdata = _take(reads, 16)
@@ -330,11 +336,11 @@ def predict(
     in_range = data_len % 512 == 0 and sector <= SECTORS and data_len // 512 <= SECTORS - sector
     p = Prediction(set(), status_gpa, wsegs)
     p.reads, p.type_, p.sector = rdata, type_, sector
-    err = (VIRTIO_BLK_S_IOERR, 1)
+    err = (VIRTIO_BLK_S_IOERR, used_len(0))
     direct = getattr(spec.backend, "direct", False)
     if type_ == VIRTIO_BLK_T_IN:
         ok = not rdata and in_range
-        p.outcomes = {(VIRTIO_BLK_S_OK, data_len + 1)} if ok else {err}
+        p.outcomes = {(VIRTIO_BLK_S_OK, used_len(data_len))} if ok else {err}
         if ok and direct and data_len:  # O_DIRECT refuses unaligned buffers
             p.outcomes.add(err)
     elif type_ == VIRTIO_BLK_T_OUT:
@@ -343,12 +349,12 @@ def predict(
         if ok and direct and data_len:
             p.outcomes.add(err)
     elif type_ == VIRTIO_BLK_T_FLUSH and spec.features.flush:
-        p.outcomes = {(VIRTIO_BLK_S_OK, 1)} if not data else {err}
+        p.outcomes = {(VIRTIO_BLK_S_OK, used_len(0))} if not data else {err}
     elif type_ == VIRTIO_BLK_T_GET_ID:
         total = sum(n for _, n in wsegs)
-        p.outcomes = {(VIRTIO_BLK_S_OK, min(20, total) + 1)} if wsegs else {err}
+        p.outcomes = {(VIRTIO_BLK_S_OK, used_len(min(20, total)))} if wsegs else {err}
     else:
-        p.outcomes = {(VIRTIO_BLK_S_UNSUPP, 1)}
+        p.outcomes = {(VIRTIO_BLK_S_UNSUPP, used_len(0))}
     return p
 
 
@@ -393,26 +399,26 @@ def check_example(
         out = raw.post(descs, [head], watch_all=True)
         assert [u.id for u in out.used] == [head], f"completions {out.used}"
         used_len = out.used[0].len
-        status = dev.memory.read(p.status_gpa, 1)[0] if used_len and p.status_gpa else None
+        status = dev.memory.read(p.status_gpa, 1)[0] if p.status_gpa is not None else None
         if used_len:
             assert p.status_gpa is not None, "used len > 0 but the chain has no status"
-            assert status in (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP)
         assert (status, used_len) in p.outcomes, f"got {(status, used_len)}, want {p.outcomes}"
         event(f"status {status} type {p.type_ if p.type_ < 16 else 'other'}")
         allowed: list[Range] = []
-        if used_len:
-            assert p.status_gpa is not None
+        # Data bytes written: the used length, less the status when it counts it (2.7.8).
+        writable = sum(n for _, n in p.data)
+        written = used_len - 1 if used_len == writable + 1 else used_len
+        if p.status_gpa is not None:
             allowed.append((p.status_gpa, p.status_gpa + 1))
-            writable = sum(n for _, n in p.data)
-            assert used_len - 1 <= writable
-            budget = used_len - 1
+            assert written <= writable
+            budget = written
             for addr, n in p.data:
                 take = min(n, budget)
                 allowed.append((addr, addr + take))
                 budget -= take
         assert outside(out.changed, allowed) == [], f"wrote outside: {out.unexpected(allowed)}"
         if status == VIRTIO_BLK_S_OK and p.type_ == VIRTIO_BLK_T_IN:
-            want = shadow.expected(p.sector * 512, used_len - 1)
+            want = shadow.expected(p.sector * 512, written)
             for addr, chunk in _scatter(p.data, want):
                 assert dev.memory.read(addr, len(chunk)) == chunk, "read data differs"
         if status == VIRTIO_BLK_S_OK and p.type_ == VIRTIO_BLK_T_OUT:
@@ -420,8 +426,8 @@ def check_example(
             shadow.write(p.sector * 512, data)
         if status == VIRTIO_BLK_S_OK and p.type_ == VIRTIO_BLK_T_GET_ID:
             serial = dut.spec.device.serial.encode().ljust(20, b"\0")
-            got = b"".join(dev.memory.read(a, n) for a, n in p.data)[: used_len - 1]
-            assert got == serial[: used_len - 1]
+            got = b"".join(dev.memory.read(a, n) for a, n in p.data)[:written]
+            assert got == serial[:written]
         assert image.stat().st_size == IMAGE_SIZE
         assert image.read_bytes() == bytes(shadow.data), "image differs from the shadow"
         assert backend.alive()
@@ -482,9 +488,10 @@ def test_random_avail_index_jumps_are_served_until_an_untrusted_entry(
         assert out.unexpected(allowed) == []
         assert sorted(u.id for u in out.used) == sorted(served)  # any completion order
         for u in out.used:
-            # 0: the read; 1, 2: no readable byte, a valid status: IOERR through it;
-            # anything else: a zero descriptor, no writable byte.
-            assert u.len == (513 if u.id == 0 else 1 if u.id in (1, 2) else 0)
+            # 0: the read; 1: no readable byte, IOERR through the status behind 512
+            # unwritten bytes (len 0, 2.7.8); 2: the status alone (len 1); anything
+            # else: a zero descriptor, no writable byte.
+            assert u.len == {0: 513, 1: 0, 2: 1}.get(u.id, 0)
         if any(u.id == 0 for u in out.used):
             assert dev.memory.read(d.gpa, 512) == shadow.expected(8 * 512, 512)
         if broken:

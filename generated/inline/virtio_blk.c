@@ -80,6 +80,7 @@ struct blk_req {
     uint16_t head;      /* chain head, returned in the used ring */
     uint8_t fault;      /* VIRTIO_BLK_S_OK, or the status a bad request earns */
     uint8_t *status;    /* the last device-writable byte; NULL: there is none */
+    uint64_t wlen;      /* device-writable bytes before the status */
     uint32_t type;      /* VIRTIO_BLK_T_*, from the header */
     uint64_t sector;    /* from the header */
     bool data_writable; /* data is device-writable (IN, GET_ID) */
@@ -373,6 +374,7 @@ static bool blk_add_buffer(BlkQueue *q, struct blk_req *req, const VirtqDesc *d,
     struct iovec *slot;
     if (d->flags & VRING_DESC_F_WRITE) {
         slot = &req->iov[*nread + (*nwrite)++];
+        req->wlen += d->len;
     } else if (*nwrite != 0) {
         return false; /* readable after writable (virtio 1.2 2.7.4.2) */
     } else {
@@ -418,6 +420,7 @@ static const char *blk_walk_chain(BlkQueue *q, uint16_t head,
     uint32_t idx = head;
 
     req->status = NULL;
+    req->wlen = 0;
     req->fault = VIRTIO_BLK_S_OK;
     req->niov = 0;
     req->data_len = 0;
@@ -448,6 +451,7 @@ static const char *blk_walk_chain(BlkQueue *q, uint16_t head,
     if (last->iov_base == NULL)
         return "status buffer outside guest memory";
     req->status = (uint8_t *)last->iov_base + last->iov_len - 1;
+    req->wlen--;
     if (--last->iov_len == 0)
         nwrite--;
 
@@ -650,16 +654,19 @@ static uint8_t blk_io_sync(BlkQueue *q, struct blk_req *req, enum blk_op op,
     return err == 0 ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
 }
 
-/* Answer a request: status into its last writable byte, used length the
- * bytes written (data and status; virtio 1.2 2.7.8), then the interrupt
- * policy. A chain with no writable byte completes with length 0. Runs on
- * the used side's owner. */
+/* Answer a request: status into its last writable byte, then the interrupt
+ * policy. The used length counts the bytes written from the start of the
+ * writable buffers without a gap (virtio 1.2 2.7.8: "at least len bytes ...
+ * beginning at the first device-writable buffer"; an underestimate is
+ * allowed): the data written, and the status byte when nothing unwritten
+ * lies before it. Runs on the used side's owner. */
 static void blk_complete(BlkQueue *q, const struct blk_req *req, uint8_t status,
                          uint32_t written) {
-    uint32_t used_len = 0;
+    uint32_t used_len = written;
     if (req->status != NULL) {
         *req->status = status;
-        used_len = written + 1;
+        if (written == req->wlen)
+            used_len++;
     }
     blk_push_used(q, req->head, used_len);
     q->unsignalled++;
