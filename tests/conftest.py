@@ -297,6 +297,12 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
+def assert_image_holds(image: Path, shadow: ShadowDisk) -> None:
+    """The image kept its size and holds exactly what the shadow says."""
+    assert image.stat().st_size == IMAGE_SIZE, "the image changed size"
+    assert image.read_bytes() == bytes(shadow.data), "the image differs from the shadow"
+
+
 @pytest.fixture
 def shadow(image: Path) -> ShadowDisk:
     """What the image is expected to hold."""

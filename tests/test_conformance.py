@@ -66,7 +66,7 @@ from toolchain.guest.hostile import VRING_DESC_F_WRITE, AlignedRequest, MemoryWa
 from toolchain.guest.memory import UADDR_OFFSET
 from toolchain.guest.transport import EventfdSignals, NeedsReset, VhostUserTransport
 
-from .conftest import IMAGE_SIZE, DeviceUnderTest
+from .conftest import DeviceUnderTest, assert_image_holds
 
 REGION = 16 * 1024 * 1024
 GAP = 0x10_0000
@@ -108,12 +108,6 @@ def limits_of(dev: BlkDevice, dut: DeviceUnderTest) -> Limits:
     return Limits.of(dev, serial=dut.spec.device.serial)
 
 
-def assert_image_matches(image: Path, shadow: ShadowDisk) -> None:
-    """The image kept its size and holds exactly what the shadow says."""
-    assert image.stat().st_size == IMAGE_SIZE, "the image changed size"
-    assert image.read_bytes() == bytes(shadow.data), "the image differs from the shadow"
-
-
 def conform(
     case: Case,
     dut: DeviceUnderTest,
@@ -135,7 +129,7 @@ def conform(
         dev.reconnect()  # vhost-user: a new connection; virtio-mmio: Status = 0, then init
         assert dev.needs_reset() is None, "still needs a reset after one"
     assert check_device_works(dev, limits, shadow) == []
-    assert_image_matches(image, shadow)
+    assert_image_holds(image, shadow)
     return result
 
 

@@ -50,6 +50,7 @@ from toolchain.guest.blk import (
     VIRTIO_RING_F_INDIRECT_DESC,
     Segment,
 )
+from toolchain.guest.conformance import Limits, check_device_works
 from toolchain.guest.hostile import (
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
@@ -68,7 +69,7 @@ from toolchain.guest.hostile import (
 )
 from toolchain.guest.virtq import UsedElem
 
-from .conftest import DAEMON_TRANSPORTS, IMAGE_SIZE, DeviceUnderTest
+from .conftest import DAEMON_TRANSPORTS, IMAGE_SIZE, DeviceUnderTest, assert_image_holds
 
 SECTORS = IMAGE_SIZE // 512
 W = VRING_DESC_F_WRITE
@@ -114,32 +115,17 @@ def used(out: Outcome) -> list[tuple[int, int]]:
     return [(u.id, u.len) for u in out.used]
 
 
-def assert_device_works(dev: BlkDevice, dut: DeviceUnderTest, shadow: ShadowDisk) -> None:
+def assert_device_works(dev: BlkDevice, shadow: ShadowDisk) -> None:
     """A good request works: a write/read round trip (a read on read-only specs)."""
-    if not read_only(dut):
-        data = os.urandom(4096)
-        c = dev.run(Req.write(dev.memory, WORK_SECTOR, data, 2))
-        assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_OK, 1, [])
-        shadow.write(WORK_SECTOR * 512, data)
-    c = dev.run(Req.read(dev.memory, WORK_SECTOR, 4096, 4))
-    assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_OK, 4097, [])
-    assert c.data == shadow.expected(WORK_SECTOR * 512, 4096)
+    assert check_device_works(dev, Limits.of(dev), shadow) == []
 
 
-def assert_image_intact(image: Path, shadow: ShadowDisk) -> None:
-    """The image has its size and exactly the shadow's content."""
-    assert image.stat().st_size == IMAGE_SIZE
-    assert image.read_bytes() == bytes(shadow.data)
-
-
-def assert_told_and_recovers(
-    dev: BlkDevice, backend: Backend, dut: DeviceUnderTest, shadow: ShadowDisk
-) -> None:
+def assert_told_and_recovers(dev: BlkDevice, backend: Backend, shadow: ShadowDisk) -> None:
     """The device said it needs a reset (virtio 1.2 2.1.2), lives, and works after one."""
     assert dev.wait_needs_reset() is not None, "the device never said it needs a reset"
     assert backend.alive()
     dev.reconnect()
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 def error_len(writable_before_status: int) -> int:
@@ -281,7 +267,7 @@ def test_bad_index_or_loop_completes_nothing_and_the_device_needs_reset(
     assert used(out) == []
     assert out.unexpected() == []
     assert bufs.check_guards() == []
-    assert_told_and_recovers(dev, backend, dut, shadow)
+    assert_told_and_recovers(dev, backend, shadow)
 
 
 def test_next_is_only_followed_with_the_next_flag(
@@ -298,7 +284,7 @@ def test_next_is_only_followed_with_the_next_flag(
     assert out.unexpected([span(d), span(s)]) == []
     assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_OK
     assert dev.memory.read(d.gpa, 512) == shadow.expected(READ_SECTOR * 512, 512)
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 def test_a_chain_using_every_descriptor_of_the_ring_is_served(
@@ -320,7 +306,7 @@ def test_a_chain_using_every_descriptor_of_the_ring_is_served(
     got = b"".join(dev.memory.read(seg.gpa, 512) for seg in data)
     assert got == shadow.expected(0, 512 * segs)
     assert bufs.check_guards() == []
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 # ---- indirect descriptors -----------------------------------------------------------
@@ -355,7 +341,7 @@ def test_indirect_descriptor_is_never_followed_when_not_negotiated(
         assert used(out) == []
         assert out.unexpected() == []
         assert bufs.check_guards() == tbl.check_guards() == []
-        assert_told_and_recovers(dev, backend, dut, shadow)
+        assert_told_and_recovers(dev, backend, shadow)
 
 
 # ---- buffers outside guest memory ---------------------------------------------------
@@ -430,10 +416,10 @@ def test_buffer_not_inside_one_region_gets_ioerr_or_needs_reset_if_it_holds_the_
     assert bufs.check_guards() == []
     assert all(dev.memory.read(a, 4096) == pattern for a, _ in edges)
     if which == "status":
-        assert_told_and_recovers(dev, backend, dut, shadow)
+        assert_told_and_recovers(dev, backend, shadow)
     else:
         assert backend.alive()
-        assert_device_works(dev, dut, shadow)
+        assert_device_works(dev, shadow)
 
 
 def test_buffers_in_the_second_region_work(
@@ -470,7 +456,7 @@ def test_zero_length_buffers_are_ignored_wherever_they_are(
     assert out.unexpected([span(d), span(s)]) == []
     assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_OK
     assert dev.memory.read(d.gpa, 512) == shadow.expected(READ_SECTOR * 512, 512)
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 def test_a_chain_of_only_zero_length_buffers_completes_with_used_len_0(
@@ -480,7 +466,7 @@ def test_a_chain_of_only_zero_length_buffers_completes_with_used_len_0(
     out = raw.post(link([(0, 0, 0), (U64 - 1, 0, W), (0x1234, 0, W)]), [0])
     assert used(out) == [(0, 0)]
     assert out.unexpected() == []
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 # ---- request format ------------------------------------------------------------------------
@@ -539,8 +525,8 @@ def test_malformed_request_gets_ioerr_in_its_last_writable_byte_and_changes_noth
         assert dev.memory.read(status[0], 1)[0] == VIRTIO_BLK_S_IOERR
     assert bufs.check_guards() == []
     assert backend.alive()
-    assert_image_intact(image, shadow)
-    assert_device_works(dev, dut, shadow)
+    assert_image_holds(image, shadow)
+    assert_device_works(dev, shadow)
 
 
 def test_unknown_type_0xffffffff_completes_with_unsupp(dev: BlkDevice, raw: RawQueue) -> None:
@@ -581,7 +567,7 @@ def test_more_data_segments_than_seg_max_are_refused(
     assert used(out) == [(0, error_len(512 * (limit + 1)))]
     assert out.unexpected([span(status, 1)]) == []
     assert dev.memory.read(status.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 def test_seg_max_readable_then_seg_max_plus_1_writable_segments_are_refused_in_bounds(
@@ -607,7 +593,7 @@ def test_seg_max_readable_then_seg_max_plus_1_writable_segments_are_refused_in_b
     assert out.unexpected([span(status, 1)]) == []
     assert dev.memory.read(status.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert bufs.check_guards() == []
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 def test_a_segment_of_size_max_works_and_a_larger_one_is_refused(
@@ -633,7 +619,7 @@ def test_a_segment_of_size_max_works_and_a_larger_one_is_refused(
             assert dev.memory.read(d.gpa, nbytes) == shadow.expected(0, nbytes)
         assert bufs.check_guards() == []
         bufs.free()
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 # ---- sector range ------------------------------------------------------------------------------
@@ -684,8 +670,8 @@ def test_sector_range_outside_the_disk_gets_ioerr_and_never_grows_the_image(
     assert dev.memory.read(s.gpa, 1)[0] == VIRTIO_BLK_S_IOERR
     assert out.unexpected([span(s)]) == []
     assert bufs.check_guards() == []
-    assert_image_intact(image, shadow)
-    assert_device_works(dev, dut, shadow)
+    assert_image_holds(image, shadow)
+    assert_device_works(dev, shadow)
 
 
 # ---- the avail ring ------------------------------------------------------------------------------
@@ -729,7 +715,7 @@ def test_avail_index_more_than_a_ring_ahead_is_left_alone_until_reset(
     assert q.used_idx == used_before
     assert out.unexpected() == []
     assert bufs.check_guards() == []
-    assert_told_and_recovers(dev, backend, dut, shadow)
+    assert_told_and_recovers(dev, backend, shadow)
 
 
 def test_avail_index_exactly_a_ring_ahead_is_served(
@@ -745,7 +731,7 @@ def test_avail_index_exactly_a_ring_ahead_is_served(
     assert dev.memory.read(d.gpa, 20)[: len(dut.spec.device.serial)] == (
         dut.spec.device.serial.encode()
     )
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 # ---- rings that are not set up ------------------------------------------------------------------
@@ -811,7 +797,7 @@ def test_invalid_ring_size_drops_the_connection_and_the_backend_serves_the_next(
     assert backend.alive()
     with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
         backend.attach(dev)
-        assert_device_works(dev, dut, shadow)
+        assert_device_works(dev, shadow)
 
 
 @pytest.mark.vhost_user_only("SET_MEM_TABLE belongs to the vhost-user runtime")
@@ -833,7 +819,7 @@ def test_a_memory_region_larger_than_its_file_drops_the_connection(
     assert backend.alive()
     with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
         backend.attach(dev)
-        assert_device_works(dev, dut, shadow)
+        assert_device_works(dev, shadow)
 
 
 # ---- reset and disconnect under load -------------------------------------------------------------
@@ -892,7 +878,7 @@ def test_disconnect_with_64_requests_in_flight_repeatedly_never_hangs_or_leaks(
     grown = rss_kib(backend.pid) - rss
     assert grown < 2048 + _qemu_user_mapping_cost(dut, dev, n - warm), f"RSS grew {grown} KiB"
     # Abandoned writes (sectors below WORK_SECTOR) may or may not have happened.
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 def _qemu_user_mapping_cost(dut: DeviceUnderTest, dev: BlkDevice, maps: int) -> int:
@@ -955,7 +941,7 @@ def test_stopping_the_ring_with_64_requests_in_flight_completes_what_it_took_and
     grown = rss_kib(backend.pid) - rss
     assert grown < (8192 if dut.target.emulated else 2048), f"RSS grew {grown} KiB"
     assert read_big(dev, dut, 0, 64 * 64 * 512) == shadow.expected(0, 64 * 64 * 512)
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)
 
 
 # ---- durability ---------------------------------------------------------------------------------
@@ -1087,7 +1073,7 @@ def test_an_index_past_a_table_that_ends_guest_memory_is_never_read(
             )
             assert used(out) == []
             assert out.unexpected() == []
-            assert_told_and_recovers(d, backend, dut, shadow)
+            assert_told_and_recovers(d, backend, shadow)
     finally:
         d.close()
 
@@ -1105,4 +1091,4 @@ def test_data_on_both_sides_of_a_read_is_refused_and_the_readable_part_kept(
     assert out.unexpected([span(st)]) == []
     assert bufs.check_guards() == []
     assert backend.alive()
-    assert_device_works(dev, dut, shadow)
+    assert_device_works(dev, shadow)

@@ -304,29 +304,28 @@ static bool blk_avail_empty(const BlkQueue *q) {
     return blk_avail_idx(q) == q->vq->last_avail_idx;
 }
 
+/* avail_event, right after used->ring[num] (virtio 1.2 2.7.10). */
+static volatile uint16_t *blk_avail_event(const struct blk_ring *r) {
+    return (volatile uint16_t *)&r->used->ring[r->num];
+}
+
 /* Notifications off while draining (virtio 1.2 2.7.7, 2.7.10). */
 static void blk_notify_off(BlkQueue *q) {
     struct blk_ring *r = &q->ring;
-    if (r->event_idx) {
-        /* avail_event, after used->ring[num]: no kick for what we will see */
-        volatile uint16_t *avail_event =
-            (volatile uint16_t *)&r->used->ring[r->num];
-        *avail_event = (uint16_t)(q->vq->last_avail_idx - 1);
-    } else {
+    if (r->event_idx)
+        /* an index already passed: no kick for what we will see anyway */
+        *blk_avail_event(r) = (uint16_t)(q->vq->last_avail_idx - 1);
+    else
         r->used->flags |= (uint16_t)VRING_USED_F_NO_NOTIFY;
-    }
 }
 
 /* Notifications on, then look again: is the avail ring still empty? */
 static bool blk_notify_on_and_empty(BlkQueue *q) {
     struct blk_ring *r = &q->ring;
-    if (r->event_idx) {
-        volatile uint16_t *avail_event =
-            (volatile uint16_t *)&r->used->ring[r->num];
-        *avail_event = q->vq->last_avail_idx;
-    } else {
+    if (r->event_idx)
+        *blk_avail_event(r) = q->vq->last_avail_idx; /* kick for the next one */
+    else
         r->used->flags &= (uint16_t)~VRING_USED_F_NO_NOTIFY;
-    }
     /* Full barrier: the store that re-enables notifications must be visible
      * to the driver before avail->idx is loaded again; otherwise the driver
      * can skip its kick while we miss its new entry (a lost wake-up). A
@@ -379,7 +378,8 @@ static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
 /* ---- Descriptor chain -> struct blk_req ------------------------------ */
 
 /* Read one descriptor into a local copy, each field exactly once: the guest
- * may change the table meanwhile. */
+ * may change the table meanwhile, and the copy needs no alignment of the
+ * table (an indirect one is guest memory at any address). */
 static VirtqDesc blk_desc_read(volatile VirtqDesc *table, uint32_t idx) {
     VirtqDesc d;
     memcpy(&d, (const void *)&table[idx], sizeof(d));

@@ -530,11 +530,6 @@ class Spec(BaseModel):
         return self.features.discard or self.features.write_zeroes
 
     @property
-    def writable(self) -> bool:
-        """The device can be written (features.ro off)."""
-        return not self.features.ro
-
-    @property
     def range_segments_max(self) -> int:
         """Most DISCARD / WRITE_ZEROES segments accepted in one request."""
         return max(
