@@ -663,6 +663,7 @@ static int h_set_mem_table(struct vu_msg *m) {
 
     for (i = 0; i < mem->nregions; i++) {
         const struct vu_region *r = &mem->regions[i];
+        struct stat st;
 
         if (r->memory_size == 0 ||
             r->guest_phys_addr + r->memory_size < r->guest_phys_addr ||
@@ -672,23 +673,6 @@ static int h_set_mem_table(struct vu_msg *m) {
             log_error("SET_MEM_TABLE: region %u has a bad size or offset", i);
             return RC_PROTO;
         }
-        for (j = 0; j < i; j++) {
-            const struct vu_region *o = &mem->regions[j];
-
-            if (ranges_overlap(r->guest_phys_addr, r->memory_size,
-                               o->guest_phys_addr, o->memory_size) ||
-                ranges_overlap(r->userspace_addr, r->memory_size,
-                               o->userspace_addr, o->memory_size)) {
-                log_error("SET_MEM_TABLE: regions %u and %u overlap", j, i);
-                return RC_PROTO;
-            }
-        }
-    }
-
-    for (i = 0; i < mem->nregions; i++) {
-        const struct vu_region *r = &mem->regions[i];
-        struct stat st;
-
         /* A mapping past the end of its file faults (SIGBUS) on first
          * touch: the file must hold the whole region. */
         if (fstat(m->fds[i], &st) != 0) {
@@ -703,6 +687,17 @@ static int h_set_mem_table(struct vu_msg *m) {
                       i, r->mmap_offset + r->memory_size,
                       (long long)st.st_size);
             return RC_PROTO;
+        }
+        for (j = 0; j < i; j++) {
+            const struct vu_region *o = &mem->regions[j];
+
+            if (ranges_overlap(r->guest_phys_addr, r->memory_size,
+                               o->guest_phys_addr, o->memory_size) ||
+                ranges_overlap(r->userspace_addr, r->memory_size,
+                               o->userspace_addr, o->memory_size)) {
+                log_error("SET_MEM_TABLE: regions %u and %u overlap", j, i);
+                return RC_PROTO;
+            }
         }
     }
 
