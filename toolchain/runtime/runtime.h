@@ -62,6 +62,9 @@ void vu_needs_reset(VirtIODevice *vdev);
 void *hv_gpa_to_hva(uint64_t gpa, int zone_id);
 void hv_signal_call(VirtQueue *vq);
 void hv_needs_reset(VirtIODevice *vdev);
+/* hvisor: the device asked for an interrupt (virtio_inject_irq, before the
+ * suppression checks); the core's main-thread figures note it. */
+void hv_inject_seen(VirtQueue *vq);
 
 /*
  * Creates a device as hvisor-tool's create_virtio_device() does: the ops

@@ -187,6 +187,8 @@ void virtio_inject_irq(VirtQueue *vq) {
     uint16_t old_idx;
     uint16_t new_idx;
 
+    if (rt_hvisor_core)
+        hv_inject_seen(vq);
     if (used == NULL || avail == NULL) {
         if (rt_hvisor_core)
             rt_board_crash("virtio_inject_irq without rings", vq);
