@@ -317,6 +317,7 @@ def start_backend(
     started: list[Backend] = []
 
     def start(**kwargs: Any) -> Backend:
+        env = {**dut.env, **kwargs.pop("env", {})}  # a test's additions on top
         make = {
             "vhost-user": Backend.vhost_user_blk,
             "hvisor": HvisorBackend.runtime,
@@ -327,7 +328,7 @@ def start_backend(
             log_dir,
             prefix=dut.prefix,
             name=f"backend{len(started)}",
-            env=dut.env,
+            env=env,
             **kwargs,
         )
         started.append(be)

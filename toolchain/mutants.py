@@ -31,6 +31,15 @@ class Mutant:
     find: str
     replace: str
     test: str  # pytest -k expression selecting the rule's test(s)
+    # The mutant applies to the specs whose virtio_blk.c contains this (all
+    # when empty); where it applies, find must still occur exactly once.
+    spec_has: str = ""
+    # The test module holding the rule's test.
+    module: str = "tests/test_hostile_guest.py"
+
+    def applies(self, source: str) -> bool:
+        """Whether this spec's source has the code the mutant removes."""
+        return not self.spec_has or self.spec_has in source
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -112,6 +121,42 @@ MUTANTS: tuple[Mutant, ...] = (
         "",
         "test_bad_index_or_loop",
     ),
+    Mutant(
+        "no-main-thread-budget",
+        "inline: the main thread takes a budget of requests per notify",
+        "const bool more = blk_drain(q, BLK_MAIN_BUDGET) >= BLK_MAIN_BUDGET;",
+        "const bool more = blk_drain(q, BLK_NO_BUDGET) == 0 && false;",
+        "test_a_ring_kicked_once_is_served_a_budget_per_notify",
+        spec_has="threading.model = inline",
+        module="tests/test_hostile_hvisor.py",
+    ),
+    Mutant(
+        "inline-no-handoff",
+        "inline: a pass stopped at its budget hands the rest to the helper",
+        "q->backlog = true;\n        pthread_cond_signal(&q->cond);",
+        "",
+        "test_a_ring_kicked_once_is_served_a_budget_per_notify",
+        spec_has="threading.model = inline",
+        module="tests/test_hostile_hvisor.py",
+    ),
+    Mutant(
+        "procq-no-handoff",
+        "procq: a parse pass stopped at its budget hands the rest to the worker",
+        "if (more)\n        q->backlog = true;",
+        "",
+        "test_a_ring_kicked_once_is_served_a_budget_per_notify",
+        spec_has="threading.model = procq",
+        module="tests/test_hostile_hvisor.py",
+    ),
+    Mutant(
+        "no-io-uring-fallback",
+        "a persistently failing io_uring_enter falls back to synchronous I/O",
+        "blk_uring_give_up(q, err);",
+        "(void)err;",
+        "test_io_uring_enter_failing_for_good_falls_back_to_sync_io",
+        spec_has="backend.io = io_uring",
+        module="tests/test_features.py",
+    ),
 )
 
 
@@ -133,11 +178,11 @@ def make_source(original: str, mutant: Mutant) -> str:
 
 
 def _pytest(
-    root: Path, spec: str, tests: str, env: dict[str, str]
+    root: Path, spec: str, modules: list[str], tests: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "--targets", "host", "tests/test_hostile_guest.py",
+         "--targets", "host", *modules,
          "-k", f"({tests}) and {spec} and host"],
         cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
         timeout=600, check=False,
@@ -152,8 +197,10 @@ def run(root: Path, spec: str, mutants: tuple[Mutant, ...] = MUTANTS) -> list[Ve
     """
     generated = root / "generated" / spec
     original = (generated / "virtio_blk.c").read_text()
+    mutants = tuple(m for m in mutants if m.applies(original))
     host = load_target("host")
-    baseline = _pytest(root, spec, " or ".join(sorted({m.test for m in mutants})), {})
+    modules = sorted({m.module for m in mutants})
+    baseline = _pytest(root, spec, modules, " or ".join(sorted({m.test for m in mutants})), {})
     if baseline.returncode != 0:
         raise RuntimeError(
             f"the rules' tests fail on the unmutated device:\n{baseline.stdout[-2000:]}"
@@ -168,7 +215,7 @@ def run(root: Path, spec: str, mutants: tuple[Mutant, ...] = MUTANTS) -> list[Ve
         # A removed check can leave a variable unused: warnings stay warnings.
         binary = build(host, work / "src", work / "bin", ("-Wno-error",)).binary
         proc = _pytest(
-            root, spec, mutant.test,
+            root, spec, [mutant.module], mutant.test,
             {"BLKGEN_MUTANT_BINARY": str(binary), "BLKGEN_MUTANT_SPEC": spec},
         )  # fmt: skip
         (work / "pytest.log").write_text(proc.stdout + proc.stderr)

@@ -8,7 +8,8 @@
 /*
  * Threading model (threading.model = inline):
  *   no worker: the notify handler drains the queue, does the I/O and completes
- *   on the main thread (the baseline)
+ *   on the main thread (the baseline), a budget per notify; a helper thread
+ *   finishes a ring holding more
  *
  * I/O backend (backend.io = sync):
  *   blocking preadv/pwritev/fdatasync on the queue's owner
@@ -29,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -120,6 +122,17 @@ typedef struct blk_queue {
     bool broken; /* the ring broke a rule; ignore it until reset */
     /* Owner of the used side: completions since the last interrupt */
     unsigned int unsignalled;
+    pthread_t tid;       /* main thread */
+    bool thread_started; /* main thread */
+    pthread_mutex_t mtx;
+    pthread_cond_t cond;
+    bool stop; /* under mtx: close() wants the worker gone */
+    bool busy; /* under mtx: the worker is handling requests */
+    /* Whoever drains holds drain_mtx: the main thread (notify) or the
+     * helper, one budget at a time. */
+    pthread_mutex_t drain_mtx;
+    bool backlog; /* under mtx: a pass stopped at its budget */
+    bool quiesce; /* atomic: reset in progress, leave the vq alone */
 } BlkQueue;
 
 struct virtio_blk_dev {
@@ -136,6 +149,10 @@ struct virtio_blk_dev {
 
 _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
+
+/* Reset or close wants the queue: finish what is started, take nothing new,
+ * inject nothing (inline defines it). */
+static bool blk_leaving(BlkQueue *q);
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -342,12 +359,18 @@ static void blk_notify_guest(BlkQueue *q) {
 }
 
 /* threading.irq = per-batch, in one place: called after every
- * completion and at the end of every batch. */
+ * completion and at the end of every batch; never while leaving. */
 enum blk_irq_point { BLK_IRQ_COMPLETION, BLK_IRQ_BATCH_END };
 
 static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
     if (q->unsignalled == 0)
         return;
+    if (blk_leaving(q)) {
+        /* A drain that reset or close cut short: the driver is resetting,
+         * and no interrupt follows it. */
+        q->unsignalled = 0;
+        return;
+    }
     if (at != BLK_IRQ_BATCH_END)
         return;
     q->unsignalled = 0;
@@ -683,32 +706,44 @@ static void blk_run(BlkQueue *q, struct blk_req *req) {
     blk_complete(q, req, status, written);
 }
 
-/* Reset or close wants the queue: finish what is started, take nothing new
- * (inline defines it). */
-static bool blk_leaving(BlkQueue *q);
-
 /* ---- The owner drains its queue --------------------------------------- */
 
-/* Drain the ring: handle everything with notifications off, re-enable, and
- * look once more; threading.irq decides the interrupts. Runs on the queue's
- * owner. Returns whether any request was completed. */
-static bool blk_drain_sync(BlkQueue *q) {
+/* No budget: a worker, not hvisor's main thread, drains (it still stops
+ * early when reset or close wants the queue). */
+#define BLK_NO_BUDGET UINT_MAX
+/* What a request costs against a budget: one, and one more per this many
+ * bytes of data, so that a budget bounds time, not only a count. A pass
+ * always takes at least one request, whatever its size. */
+#define BLK_BUDGET_UNIT_BYTES (64u * 1024)
+
+static unsigned int blk_cost(const struct blk_req *req) {
+    const uint64_t units = 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
+    return units > UINT_MAX / 2 ? UINT_MAX / 2 : (unsigned int)units;
+}
+
+/* Drain the ring: handle requests with notifications off until their cost
+ * reaches budget, re-enable, and look once more; threading.irq decides the
+ * interrupts. Runs on the queue's owner. Returns the cost taken; at the
+ * budget, notifications stay off and the caller arranges the next pass. */
+static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
     struct blk_req req;
-    bool completed = false;
+    unsigned int taken = 0; /* cost; saturates for BLK_NO_BUDGET */
     if (!blk_ring_usable(q))
-        return false;
+        return 0;
     do {
         blk_notify_off(q);
         int r = 0;
-        while (!blk_leaving(q) && (r = blk_pop(q, &req)) > 0) {
+        while (taken < budget && !blk_leaving(q) &&
+               (r = blk_pop(q, &req)) > 0) {
             blk_run(q, &req);
-            completed = true;
+            const unsigned int cost = blk_cost(&req);
+            taken = taken > UINT_MAX - cost ? UINT_MAX - 1 : taken + cost;
         }
         if (r < 0)
             break; /* broken: the driver has been told */
-    } while (!blk_notify_on_and_empty(q) && !blk_leaving(q));
+    } while (taken < budget && !blk_leaving(q) && !blk_notify_on_and_empty(q));
     blk_irq(q, BLK_IRQ_BATCH_END);
-    return completed;
+    return taken;
 }
 
 /* ---- backend.io = sync ------------------------------------------------- */
@@ -721,38 +756,126 @@ static int blk_io_setup(BlkQueue *q) {
 
 static void blk_io_teardown(BlkQueue *q) { (void)q; }
 
-static bool blk_drain(BlkQueue *q) { return blk_drain_sync(q); }
+static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
+    return blk_drain_sync(q, budget);
+}
 
-/* ---- inline: the main thread owns the virtqueue and drains it --------- */
+/* ---- inline: the main thread drains, a budget per notify ------------- */
 
-/* Nothing else ever wants the queue while the handler runs. */
+/* What the main thread takes per notify, in blk_cost() units (a small request
+ * is one; a large one counts its data too). Every other MMIO access of every
+ * zone waits while it works, some with a guest vCPU spinning in EL2, so the
+ * work is bounded; a ring holding more is finished by the helper thread, in
+ * passes of the same size, without the guest having to kick again. */
+#define BLK_MAIN_BUDGET 8u
+
+/* Reset or close wants the queue: finish the request in hand, take no more. */
 static bool blk_leaving(BlkQueue *q) {
-    (void)q;
-    return false;
+    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
+           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
 }
 
-/* No threads to start or stop. */
+/* One budget of the queue, by whichever thread holds drain_mtx; at the
+ * budget the helper is asked for the next pass. */
+static void blk_inline_pass(BlkQueue *q) {
+    pthread_mutex_lock(&q->drain_mtx);
+    const bool more = blk_drain(q, BLK_MAIN_BUDGET) >= BLK_MAIN_BUDGET;
+    pthread_mutex_unlock(&q->drain_mtx);
+    if (more) {
+        pthread_mutex_lock(&q->mtx);
+        q->backlog = true;
+        pthread_cond_signal(&q->cond);
+        pthread_mutex_unlock(&q->mtx);
+    }
+}
+
+/* The helper: idle until a pass stops at its budget, then drains on. */
+static void *blk_worker(void *arg) {
+    BlkQueue *q = arg;
+    pthread_mutex_lock(&q->mtx);
+    for (;;) {
+        while (!q->stop && !q->backlog)
+            pthread_cond_wait(&q->cond, &q->mtx);
+        if (q->stop)
+            break;
+        q->backlog = false;
+        pthread_mutex_unlock(&q->mtx);
+        if (!blk_leaving(q))
+            blk_inline_pass(q);
+        pthread_mutex_lock(&q->mtx);
+    }
+    pthread_mutex_unlock(&q->mtx);
+    return NULL;
+}
+
+static int blk_drain_lock_init(BlkQueue *q) {
+    return pthread_mutex_init(&q->drain_mtx, NULL) == 0 ? 0 : -1;
+}
+
+static void blk_drain_lock_destroy(BlkQueue *q) {
+    pthread_mutex_destroy(&q->drain_mtx);
+}
+
+/* Stop and join a queue's worker and free what blk_threads_start() made. */
+static void blk_threads_stop(BlkQueue *q) {
+    if (q->thread_started) {
+        pthread_mutex_lock(&q->mtx);
+        __atomic_store_n(&q->stop, true, __ATOMIC_RELAXED);
+        pthread_cond_broadcast(&q->cond);
+        pthread_mutex_unlock(&q->mtx);
+        pthread_join(q->tid, NULL);
+        q->thread_started = false;
+    }
+    blk_drain_lock_destroy(q);
+    pthread_cond_destroy(&q->cond);
+    pthread_mutex_destroy(&q->mtx);
+}
+
 static int blk_threads_start(BlkQueue *q) {
-    (void)q;
+    if (pthread_mutex_init(&q->mtx, NULL) != 0)
+        return -1;
+    if (pthread_cond_init(&q->cond, NULL) != 0)
+        goto err_destroy_mutex;
+    if (blk_drain_lock_init(q) != 0)
+        goto err_destroy_cond;
+    if (pthread_create(&q->tid, NULL, blk_worker, q) != 0)
+        goto err_drain_lock_destroy;
+    q->thread_started = true;
     return 0;
+
+err_drain_lock_destroy:
+    blk_drain_lock_destroy(q);
+err_destroy_cond:
+    pthread_cond_destroy(&q->cond);
+err_destroy_mutex:
+    pthread_mutex_destroy(&q->mtx);
+    return -1;
 }
 
-static void blk_threads_stop(BlkQueue *q) { (void)q; }
-
-/* QueueNotify, on hvisor's main thread: do all the work right here. Every
- * other MMIO access of every zone waits meanwhile: this is the baseline the
- * threaded models are measured against. */
+/* QueueNotify, on hvisor's main thread: one budget of the work right here;
+ * it waits at most for one helper pass to end. */
 static int virtio_blk_notify_handler(VirtIODevice *vdev, VirtQueue *vq) {
     BlkDev *dev = vdev->dev;
     if (dev == NULL || vq->vq_idx >= dev->nqueues)
         return 0;
-    blk_drain(&dev->queues[vq->vq_idx]);
+    BlkQueue *q = &dev->queues[vq->vq_idx];
+    /* the guest kicks only after it set the ring up */
+    __atomic_store_n(&q->quiesce, false, __ATOMIC_RELAXED);
+    blk_inline_pass(q);
     return 0;
 }
 
-/* Reset, on the main thread: nothing runs concurrently, only forget what
- * was learnt about the old ring. */
-static void blk_queue_quiesce(BlkQueue *q) { blk_ring_forget(q); }
+/* Reset, on the main thread: stop the helper taking more, wait for the
+ * request in hand (at most one), and forget the old ring. */
+static void blk_queue_quiesce(BlkQueue *q) {
+    pthread_mutex_lock(&q->mtx);
+    __atomic_store_n(&q->quiesce, true, __ATOMIC_RELAXED);
+    q->backlog = false;
+    pthread_mutex_unlock(&q->mtx);
+    pthread_mutex_lock(&q->drain_mtx);
+    blk_ring_forget(q);
+    pthread_mutex_unlock(&q->drain_mtx);
+}
 
 /* ---- Life cycle -----------------------------------------------------------
  */

@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
@@ -116,7 +117,14 @@ struct blk_uring {
     void *sq_ring, *cq_ring;
     size_t sq_ring_len, cq_ring_len, sqes_len;
     unsigned int pending; /* queued SQEs not yet submitted */
+    bool failed;          /* io_uring_enter failed for good: sync I/O only */
 };
+
+/* Bytes of requests a queue keeps in flight on its io_uring at most: reset
+ * and close wait for what is in flight, so this bounds that wait (and the
+ * memory the kernel pins for the queue), whatever the ring size and the
+ * largest request. A request larger than this runs alone. */
+#define BLK_URING_INFLIGHT_BYTES (8u << 20)
 
 /* A request in flight, and the I/O it waits for. */
 struct blk_slot {
@@ -165,7 +173,8 @@ typedef struct blk_queue {
     struct blk_slot *slots;       /* VIRTQUEUE_BLK_MAX_SIZE entries */
     struct blk_slot **free_slots; /* stack of unused slots */
     unsigned int nfree;
-    unsigned int inflight; /* slots submitted, not yet completed */
+    unsigned int inflight;   /* slots submitted, not yet completed */
+    uint64_t inflight_bytes; /* their data, at most BLK_URING_INFLIGHT_BYTES */
 } BlkQueue;
 
 struct virtio_blk_dev {
@@ -182,6 +191,10 @@ struct virtio_blk_dev {
 
 _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
+
+/* Reset or close wants the queue: finish what is started, take nothing new,
+ * inject nothing (per-queue defines it). */
+static bool blk_leaving(BlkQueue *q);
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -388,12 +401,18 @@ static void blk_notify_guest(BlkQueue *q) {
 }
 
 /* threading.irq = per-batch, in one place: called after every
- * completion and at the end of every batch. */
+ * completion and at the end of every batch; never while leaving. */
 enum blk_irq_point { BLK_IRQ_COMPLETION, BLK_IRQ_BATCH_END };
 
 static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
     if (q->unsignalled == 0)
         return;
+    if (blk_leaving(q)) {
+        /* A drain that reset or close cut short: the driver is resetting,
+         * and no interrupt follows it. */
+        q->unsignalled = 0;
+        return;
+    }
     if (at != BLK_IRQ_BATCH_END)
         return;
     q->unsignalled = 0;
@@ -750,32 +769,44 @@ static void blk_run(BlkQueue *q, struct blk_req *req) {
     blk_complete(q, req, status, written);
 }
 
-/* Reset or close wants the queue: finish what is started, take nothing new
- * (per-queue defines it). */
-static bool blk_leaving(BlkQueue *q);
-
 /* ---- The owner drains its queue --------------------------------------- */
 
-/* Drain the ring: handle everything with notifications off, re-enable, and
- * look once more; threading.irq decides the interrupts. Runs on the queue's
- * owner. Returns whether any request was completed. */
-static bool blk_drain_sync(BlkQueue *q) {
+/* No budget: a worker, not hvisor's main thread, drains (it still stops
+ * early when reset or close wants the queue). */
+#define BLK_NO_BUDGET UINT_MAX
+/* What a request costs against a budget: one, and one more per this many
+ * bytes of data, so that a budget bounds time, not only a count. A pass
+ * always takes at least one request, whatever its size. */
+#define BLK_BUDGET_UNIT_BYTES (64u * 1024)
+
+static unsigned int blk_cost(const struct blk_req *req) {
+    const uint64_t units = 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
+    return units > UINT_MAX / 2 ? UINT_MAX / 2 : (unsigned int)units;
+}
+
+/* Drain the ring: handle requests with notifications off until their cost
+ * reaches budget, re-enable, and look once more; threading.irq decides the
+ * interrupts. Runs on the queue's owner. Returns the cost taken; at the
+ * budget, notifications stay off and the caller arranges the next pass. */
+static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
     struct blk_req req;
-    bool completed = false;
+    unsigned int taken = 0; /* cost; saturates for BLK_NO_BUDGET */
     if (!blk_ring_usable(q))
-        return false;
+        return 0;
     do {
         blk_notify_off(q);
         int r = 0;
-        while (!blk_leaving(q) && (r = blk_pop(q, &req)) > 0) {
+        while (taken < budget && !blk_leaving(q) &&
+               (r = blk_pop(q, &req)) > 0) {
             blk_run(q, &req);
-            completed = true;
+            const unsigned int cost = blk_cost(&req);
+            taken = taken > UINT_MAX - cost ? UINT_MAX - 1 : taken + cost;
         }
         if (r < 0)
             break; /* broken: the driver has been told */
-    } while (!blk_notify_on_and_empty(q) && !blk_leaving(q));
+    } while (taken < budget && !blk_leaving(q) && !blk_notify_on_and_empty(q));
     blk_irq(q, BLK_IRQ_BATCH_END);
-    return completed;
+    return taken;
 }
 
 /* ---- backend.io = io_uring ------------------------------------------------
@@ -856,8 +887,8 @@ static void blk_uring_teardown(struct blk_uring *u) {
 /* Queue one SQE; false when the submission ring is full. Worker only: it is
  * the ring's only producer, the kernel its only consumer. */
 static bool blk_uring_queue(struct blk_uring *u, uint8_t opcode, int fd,
-                            const struct iovec *iov, unsigned int nr,
-                            uint64_t off, uint64_t user_data, uint8_t sqe_flags,
+                            uint64_t addr, unsigned int nr, uint64_t off,
+                            uint64_t user_data, uint8_t sqe_flags,
                             uint32_t op_flags) {
     const unsigned int tail = *u->sq_tail;
     if (tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= u->sq_entries)
@@ -868,7 +899,7 @@ static bool blk_uring_queue(struct blk_uring *u, uint8_t opcode, int fd,
     sqe->opcode = opcode;
     sqe->flags = sqe_flags;
     sqe->fd = fd;
-    sqe->addr = (uint64_t)(uintptr_t)iov;
+    sqe->addr = addr;
     sqe->len = nr;
     sqe->off = off;
     sqe->fsync_flags = op_flags;
@@ -956,6 +987,7 @@ static void blk_uring_finish(BlkQueue *q, struct blk_slot *s, int32_t res) {
     }
     blk_complete(q, req, status, written);
     q->inflight--;
+    q->inflight_bytes -= req->data_len;
     blk_slot_release(q, s);
 }
 
@@ -998,22 +1030,23 @@ static bool blk_uring_start(BlkQueue *q, struct blk_slot *s) {
         queued = req->niov <= BLK_IOV_MAX &&
                  blk_uring_queue(
                      &q->uring, write ? IORING_OP_WRITEV : IORING_OP_READV, fd,
-                     req->data, req->niov, req->sector << BLK_SECTOR_SHIFT,
-                     slot, 0, rw_flags);
+                     (uint64_t)(uintptr_t)req->data, req->niov,
+                     req->sector << BLK_SECTOR_SHIFT, slot, 0, rw_flags);
         break;
     }
     case BLK_OP_FLUSH:
         /* A flush covers the writes already completed (virtio 1.2 5.2.6.2),
          * which an fsync started now does; writes still in flight are not
          * waited for (no IO_DRAIN: it would stall the ring behind them). */
-        queued = blk_uring_queue(&q->uring, IORING_OP_FSYNC, fd, NULL, 0, 0,
-                                 slot, 0, IORING_FSYNC_DATASYNC);
+        queued = blk_uring_queue(&q->uring, IORING_OP_FSYNC, fd, 0, 0, 0, slot,
+                                 0, IORING_FSYNC_DATASYNC);
         break;
     default:
         break;
     }
     if (queued) {
         q->inflight++;
+        q->inflight_bytes += req->data_len;
         return false;
     }
     if (s->op != BLK_OP_NONE)
@@ -1023,20 +1056,54 @@ static bool blk_uring_start(BlkQueue *q, struct blk_slot *s) {
     return true;
 }
 
+/* Take back the SQEs not yet submitted (the kernel has not seen them: no
+ * SQPOLL) and run their requests synchronously. */
+static void blk_uring_take_back(BlkQueue *q) {
+    struct blk_uring *u = &q->uring;
+    const unsigned int tail = *u->sq_tail;
+    const unsigned int first = tail - u->pending;
+    __atomic_store_n(u->sq_tail, first, __ATOMIC_RELEASE);
+    u->pending = 0;
+    for (unsigned int j = first; j != tail; j++)
+        blk_uring_finish(
+            q, &q->slots[u->sqes[u->sq_array[j & *u->sq_mask]].user_data],
+            -EAGAIN);
+}
+
+/* io_uring_enter failed with err, not a transient error: the queued
+ * requests run synchronously, and so does everything after them; the
+ * submitted ones are still reaped as the kernel completes them. */
+static void blk_uring_give_up(BlkQueue *q, int err) {
+    log_error("virtio-blk: io_uring_enter: %s; queue %" PRIu64
+              " falls back to synchronous I/O",
+              strerror(-err), q->vq->vq_idx);
+    q->uring.failed = true;
+    blk_uring_take_back(q);
+}
+
+/* Without io_uring_enter, wait for the submitted requests by looking. */
+static void blk_uring_nap(void) {
+    const struct timespec ts = {0, 100000};
+    nanosleep(&ts, NULL);
+}
+
 /* The io_uring drain: keep the queue's requests in flight, reap completions
  * in batches, and sleep in the kernel only when waiting for I/O is all that
  * is left. Falls back to blk_drain_sync() when the ring is unavailable. */
-static bool blk_drain(BlkQueue *q) {
+static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
     struct blk_uring *u = &q->uring;
-    bool completed = false, broken = false;
-    if (u->fd < 0)
-        return blk_drain_sync(q);
+    unsigned int taken = 0;
+    bool broken = false;
+    if (u->fd < 0 || (u->failed && q->inflight == 0))
+        return blk_drain_sync(q, budget);
     if (!blk_ring_usable(q))
-        return false;
+        return 0;
     for (;;) {
         blk_notify_off(q);
         bool popped = false;
-        while (!broken && q->nfree > 0 && !blk_leaving(q)) {
+        while (!broken && !u->failed && taken < budget && q->nfree > 0 &&
+               q->inflight_bytes < BLK_URING_INFLIGHT_BYTES &&
+               !blk_leaving(q)) {
             struct blk_slot *s = q->free_slots[--q->nfree];
             const int r = blk_pop(q, &s->req);
             if (r <= 0) {
@@ -1045,23 +1112,31 @@ static bool blk_drain(BlkQueue *q) {
                 break;
             }
             popped = true;
-            completed |= blk_uring_start(q, s);
+            taken++;
+            blk_uring_start(q, s);
         }
-        const bool wait = !popped && q->inflight > 0;
-        const int err = blk_uring_enter(u, wait);
-        if (err < 0 && err != -EAGAIN && err != -EBUSY)
-            log_error("virtio-blk: io_uring_enter: %s", strerror(-err));
-        if (blk_uring_reap(q) > 0)
-            completed = true;
+        if (u->failed) {
+            blk_uring_nap();
+        } else {
+            const int err = blk_uring_enter(u, !popped && q->inflight > 0);
+            if (err < 0 && err != -EAGAIN && err != -EBUSY)
+                blk_uring_give_up(q, err);
+        }
+        blk_uring_reap(q);
         blk_irq(q, BLK_IRQ_BATCH_END);
         if (q->inflight == 0 && u->pending == 0) {
-            if (broken)
-                break; /* the driver has been told */
+            if (broken || taken >= budget)
+                break; /* broken: the driver has been told */
+            if (u->failed) {
+                const unsigned int rest = blk_drain_sync(q, budget - taken);
+                return rest > UINT_MAX - 1 - taken ? UINT_MAX - 1
+                                                   : taken + rest;
+            }
             if (blk_notify_on_and_empty(q) || blk_leaving(q))
                 break;
         }
     }
-    return completed;
+    return taken;
 }
 
 /* ---- per-queue: a worker owns the virtqueue and drains it ---- */
@@ -1161,7 +1236,7 @@ static void *blk_worker(void *arg) {
         pthread_mutex_unlock(&q->mtx);
         if (slept)
             blk_poll_adapt(q, blk_now_ns() - sleep_start);
-        while (blk_drain(q) | blk_poll(q))
+        while ((blk_drain(q, BLK_NO_BUDGET) > 0) | blk_poll(q))
             ;
         pthread_mutex_lock(&q->mtx);
         q->busy = false;

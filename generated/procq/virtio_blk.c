@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -136,6 +137,11 @@ typedef struct blk_queue {
     struct blk_req **fifo;       /* under mtx: queued requests */
     unsigned int fifo_head;      /* under mtx */
     unsigned int fifo_len;       /* under mtx */
+    /* Whoever parses holds parse_mtx: the main thread (notify) or, for a
+     * ring holding more than one budget, the worker. */
+    pthread_mutex_t parse_mtx;
+    bool backlog; /* under mtx: a parse pass stopped at its budget */
+    bool quiesce; /* atomic: reset in progress, leave the vq alone */
 } BlkQueue;
 
 struct virtio_blk_dev {
@@ -152,6 +158,10 @@ struct virtio_blk_dev {
 
 _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
+
+/* Reset or close wants the queue: finish what is started, take nothing new,
+ * inject nothing (procq defines it). */
+static bool blk_leaving(BlkQueue *q);
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -358,12 +368,18 @@ static void blk_notify_guest(BlkQueue *q) {
 }
 
 /* threading.irq = per-batch, in one place: called after every
- * completion and at the end of every batch. */
+ * completion and at the end of every batch; never while leaving. */
 enum blk_irq_point { BLK_IRQ_COMPLETION, BLK_IRQ_BATCH_END };
 
 static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
     if (q->unsignalled == 0)
         return;
+    if (blk_leaving(q)) {
+        /* A drain that reset or close cut short: the driver is resetting,
+         * and no interrupt follows it. */
+        q->unsignalled = 0;
+        return;
+    }
     if (at != BLK_IRQ_BATCH_END)
         return;
     q->unsignalled = 0;
@@ -717,19 +733,35 @@ static void blk_fifo_push(BlkQueue *q, struct blk_req *req) {
     q->fifo_len++;
 }
 
-/* Parse every available chain, as hvisor-tool did before PR #95: the whole
- * batch (notifications off, drain, on, look again) into a local list, then
- * onto the FIFO under one lock with one signal. Main thread (the notify
- * handler): it owns the avail side and last_avail_idx in this model. */
+/* Chains hvisor's main thread parses per notify: every other MMIO access of
+ * every zone waits while it works. A ring holding more is parsed on by the
+ * worker when its FIFO runs dry, without the guest having to kick again. */
+#define BLK_MAIN_BUDGET 64u
+
+/* Reset or close wants the queue: parse nothing more, run nothing more. */
+static bool blk_leaving(BlkQueue *q) {
+    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
+           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
+}
+
+/* Parse up to a budget of available chains, as hvisor-tool did before PR
+ * #95 but bounded: the batch (notifications off, parse, on, look again) into
+ * a local list, then onto the FIFO under one lock with one signal. At the
+ * budget, notifications stay off and the worker is asked for the next pass.
+ * The main thread (notify) or the worker, under parse_mtx: whoever holds it
+ * owns the avail side and last_avail_idx. */
 static void blk_parse_pending(BlkQueue *q) {
-    struct blk_req *batch[VIRTQUEUE_BLK_MAX_SIZE];
+    struct blk_req *batch[BLK_MAIN_BUDGET];
     unsigned int taken, parsed = 0;
+    bool more = false;
     int r = 0;
-    if (!blk_ring_usable(q))
+    pthread_mutex_lock(&q->parse_mtx);
+    if (blk_leaving(q) || !blk_ring_usable(q)) {
+        pthread_mutex_unlock(&q->parse_mtx);
         return;
-    /* Slots for the batch: every chain a ring can hold. */
+    }
     pthread_mutex_lock(&q->mtx);
-    for (taken = 0; taken < q->ring.num && q->nfree > 0; taken++)
+    for (taken = 0; taken < BLK_MAIN_BUDGET && q->nfree > 0; taken++)
         batch[taken] = q->free_slots[--q->nfree];
     pthread_mutex_unlock(&q->mtx);
     do {
@@ -739,10 +771,8 @@ static void blk_parse_pending(BlkQueue *q) {
         if (r < 0)
             break; /* broken: the driver has been told */
         if (parsed == taken) {
-            /* No slot left: only a guest that publishes one head twice has
-             * more chains in flight than ring entries; the rest waits. */
-            log_debug("virtio-blk: request pool exhausted");
-            blk_notify_on_and_empty(q);
+            /* The budget (or the pool, with every slot queued) is used up. */
+            more = true;
             break;
         }
     } while (!blk_notify_on_and_empty(q));
@@ -751,19 +781,31 @@ static void blk_parse_pending(BlkQueue *q) {
         blk_fifo_push(q, batch[i]);
     for (unsigned int i = parsed; i < taken; i++)
         q->free_slots[q->nfree++] = batch[i];
-    if (parsed != 0)
+    if (more)
+        q->backlog = true;
+    if (parsed != 0 || more)
         pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->mtx);
+    pthread_mutex_unlock(&q->parse_mtx);
 }
 
 static void *blk_worker(void *arg) {
     BlkQueue *q = arg;
     pthread_mutex_lock(&q->mtx);
     for (;;) {
-        while (!q->stop && q->fifo_len == 0)
+        while (!q->stop && q->fifo_len == 0 && !q->backlog)
             pthread_cond_wait(&q->cond, &q->mtx);
         if (q->stop)
             break;
+        if (q->fifo_len == 0) {
+            /* A parse pass stopped at its budget: parse on, off the main
+             * thread. */
+            q->backlog = false;
+            pthread_mutex_unlock(&q->mtx);
+            blk_parse_pending(q);
+            pthread_mutex_lock(&q->mtx);
+            continue;
+        }
         struct blk_req *req = q->fifo[q->fifo_head];
         q->fifo_head = (q->fifo_head + 1) % VIRTQUEUE_BLK_MAX_SIZE;
         q->fifo_len--;
@@ -788,12 +830,15 @@ static void *blk_worker(void *arg) {
 }
 
 static void blk_fifo_free(BlkQueue *q) {
+    pthread_mutex_destroy(&q->parse_mtx);
     free(q->pool);
     free(q->free_slots);
     free(q->fifo);
 }
 
 static int blk_fifo_alloc(BlkQueue *q) {
+    if (pthread_mutex_init(&q->parse_mtx, NULL) != 0)
+        return -1;
     q->pool = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->pool));
     q->free_slots = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->free_slots));
     q->fifo = calloc(VIRTQUEUE_BLK_MAX_SIZE, sizeof(*q->fifo));
@@ -848,19 +893,38 @@ static int virtio_blk_notify_handler(VirtIODevice *vdev, VirtQueue *vq) {
     BlkDev *dev = vdev->dev;
     if (dev == NULL || vq->vq_idx >= dev->nqueues)
         return 0;
-    blk_parse_pending(&dev->queues[vq->vq_idx]);
+    BlkQueue *q = &dev->queues[vq->vq_idx];
+    /* the guest kicks only after it set the ring up */
+    __atomic_store_n(&q->quiesce, false, __ATOMIC_RELAXED);
+    blk_parse_pending(q);
     return 0;
 }
 
-/* Reset, on the main thread, before the framework clears the rings: let the
- * worker finish every queued request (the main thread, the only producer, is
- * here), so no completion lands on a ring after it was torn down. */
+/* Reset (hvisor: STATUS = 0; vhost-user: GET_VRING_BASE), on the main
+ * thread, before the rings go: stop parsing, let the worker finish the
+ * request in hand (at most one), and give the parsed requests not started
+ * back to the ring. They are the newest chains taken (the FIFO keeps parse
+ * order and the worker takes from its head), so stepping last_avail_idx
+ * back over them leaves them for the ring's next user: a reset never waits
+ * for a ring's worth of I/O, and a stopped vhost-user ring resumes at a base
+ * its frontend replays from. blk_irq() injects nothing while quiescing. */
 static void blk_queue_quiesce(BlkQueue *q) {
+    __atomic_store_n(&q->quiesce, true, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&q->parse_mtx); /* a parse pass under way ends */
     pthread_mutex_lock(&q->mtx);
-    while (q->busy || q->fifo_len != 0)
+    q->backlog = false;
+    const unsigned int untouched = q->fifo_len;
+    while (q->fifo_len != 0) {
+        q->free_slots[q->nfree++] = q->fifo[q->fifo_head];
+        q->fifo_head = (q->fifo_head + 1) % VIRTQUEUE_BLK_MAX_SIZE;
+        q->fifo_len--;
+    }
+    q->vq->last_avail_idx = (uint16_t)(q->vq->last_avail_idx - untouched);
+    while (q->busy)
         pthread_cond_wait(&q->cond, &q->mtx);
     blk_ring_forget(q);
     pthread_mutex_unlock(&q->mtx);
+    pthread_mutex_unlock(&q->parse_mtx);
 }
 
 /* ---- Life cycle -----------------------------------------------------------

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -145,6 +146,10 @@ struct virtio_blk_dev {
 
 _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
+
+/* Reset or close wants the queue: finish what is started, take nothing new,
+ * inject nothing (worker-drain defines it). */
+static bool blk_leaving(BlkQueue *q);
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -351,12 +356,18 @@ static void blk_notify_guest(BlkQueue *q) {
 }
 
 /* threading.irq = per-batch, in one place: called after every
- * completion and at the end of every batch. */
+ * completion and at the end of every batch; never while leaving. */
 enum blk_irq_point { BLK_IRQ_COMPLETION, BLK_IRQ_BATCH_END };
 
 static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
     if (q->unsignalled == 0)
         return;
+    if (blk_leaving(q)) {
+        /* A drain that reset or close cut short: the driver is resetting,
+         * and no interrupt follows it. */
+        q->unsignalled = 0;
+        return;
+    }
     if (at != BLK_IRQ_BATCH_END)
         return;
     q->unsignalled = 0;
@@ -667,32 +678,44 @@ static void blk_run(BlkQueue *q, struct blk_req *req) {
     blk_complete(q, req, status, written);
 }
 
-/* Reset or close wants the queue: finish what is started, take nothing new
- * (worker-drain defines it). */
-static bool blk_leaving(BlkQueue *q);
-
 /* ---- The owner drains its queue --------------------------------------- */
 
-/* Drain the ring: handle everything with notifications off, re-enable, and
- * look once more; threading.irq decides the interrupts. Runs on the queue's
- * owner. Returns whether any request was completed. */
-static bool blk_drain_sync(BlkQueue *q) {
+/* No budget: a worker, not hvisor's main thread, drains (it still stops
+ * early when reset or close wants the queue). */
+#define BLK_NO_BUDGET UINT_MAX
+/* What a request costs against a budget: one, and one more per this many
+ * bytes of data, so that a budget bounds time, not only a count. A pass
+ * always takes at least one request, whatever its size. */
+#define BLK_BUDGET_UNIT_BYTES (64u * 1024)
+
+static unsigned int blk_cost(const struct blk_req *req) {
+    const uint64_t units = 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
+    return units > UINT_MAX / 2 ? UINT_MAX / 2 : (unsigned int)units;
+}
+
+/* Drain the ring: handle requests with notifications off until their cost
+ * reaches budget, re-enable, and look once more; threading.irq decides the
+ * interrupts. Runs on the queue's owner. Returns the cost taken; at the
+ * budget, notifications stay off and the caller arranges the next pass. */
+static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
     struct blk_req req;
-    bool completed = false;
+    unsigned int taken = 0; /* cost; saturates for BLK_NO_BUDGET */
     if (!blk_ring_usable(q))
-        return false;
+        return 0;
     do {
         blk_notify_off(q);
         int r = 0;
-        while (!blk_leaving(q) && (r = blk_pop(q, &req)) > 0) {
+        while (taken < budget && !blk_leaving(q) &&
+               (r = blk_pop(q, &req)) > 0) {
             blk_run(q, &req);
-            completed = true;
+            const unsigned int cost = blk_cost(&req);
+            taken = taken > UINT_MAX - cost ? UINT_MAX - 1 : taken + cost;
         }
         if (r < 0)
             break; /* broken: the driver has been told */
-    } while (!blk_notify_on_and_empty(q) && !blk_leaving(q));
+    } while (taken < budget && !blk_leaving(q) && !blk_notify_on_and_empty(q));
     blk_irq(q, BLK_IRQ_BATCH_END);
-    return completed;
+    return taken;
 }
 
 /* ---- backend.io = sync ------------------------------------------------- */
@@ -705,7 +728,9 @@ static int blk_io_setup(BlkQueue *q) {
 
 static void blk_io_teardown(BlkQueue *q) { (void)q; }
 
-static bool blk_drain(BlkQueue *q) { return blk_drain_sync(q); }
+static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
+    return blk_drain_sync(q, budget);
+}
 
 /* ---- worker-drain: a worker owns the virtqueue and drains it ---- */
 
@@ -729,7 +754,7 @@ static void *blk_worker(void *arg) {
         q->kicked = false;
         q->busy = true;
         pthread_mutex_unlock(&q->mtx);
-        blk_drain(q);
+        blk_drain(q, BLK_NO_BUDGET);
         pthread_mutex_lock(&q->mtx);
         q->busy = false;
         pthread_cond_broadcast(&q->cond); /* reset() may wait for !busy */

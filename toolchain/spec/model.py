@@ -45,6 +45,9 @@ class _ModelTraits:
     worker_drains: bool
     main_thread_parses: bool
     multiqueue: bool
+    # Requests hvisor's main thread takes from a queue per notify (0: it takes
+    # none); a ring holding more is finished off the main thread.
+    main_budget: int
     summary: str
 
 
@@ -86,6 +89,11 @@ class ThreadingModel(StrEnum):
         return self._traits.multiqueue
 
     @property
+    def main_budget(self) -> int:
+        """Requests the notify handler takes per call on hvisor's main thread."""
+        return self._traits.main_budget
+
+    @property
     def summary(self) -> str:
         """One line for banners and docs."""
         return self._traits.summary
@@ -108,8 +116,10 @@ _MODEL_TRAITS: dict[ThreadingModel, _ModelTraits] = {
         worker_drains=False,
         main_thread_parses=True,
         multiqueue=True,
+        main_budget=8,
         summary="no worker: the notify handler drains the queue, does the I/O and "
-        "completes on the main thread (the baseline)",
+        "completes on the main thread (the baseline), a budget per notify; a helper "
+        "thread finishes a ring holding more",
     ),
     ThreadingModel.PROCQ: _ModelTraits(
         has_worker=True,
@@ -117,6 +127,7 @@ _MODEL_TRAITS: dict[ThreadingModel, _ModelTraits] = {
         worker_drains=False,
         main_thread_parses=True,
         multiqueue=False,
+        main_budget=64,
         summary="main thread parses chains into a mutex-protected request queue; one "
         "worker does the I/O, completes, and injects an IRQ when the queue is empty "
         "(hvisor-tool before PR #95)",
@@ -127,6 +138,7 @@ _MODEL_TRAITS: dict[ThreadingModel, _ModelTraits] = {
         worker_drains=True,
         main_thread_parses=False,
         multiqueue=False,
+        main_budget=0,
         summary="main thread only signals; one worker owns the virtqueue, drains it "
         "with notifications off, completes, and injects one IRQ per batch "
         "(hvisor-tool HEAD)",
@@ -137,6 +149,7 @@ _MODEL_TRAITS: dict[ThreadingModel, _ModelTraits] = {
         worker_drains=True,
         main_thread_parses=False,
         multiqueue=True,
+        main_budget=0,
         summary="multiqueue: one worker per virtqueue, each owning and draining its "
         "queue as in worker-drain",
     ),
