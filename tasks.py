@@ -612,6 +612,46 @@ def e2e(
         raise _fail("e2e failed (see Failures above)")
 
 
+@task(
+    help={
+        "spec": "spec to measure (repeatable; default inline, procq, virtio-blk, per-queue)",
+        "target": "host (default) or rk3588 (under qemu-aarch64)",
+        "rounds": "rounds; each runs every spec once, in turn (default 3)",
+        "seconds": "seconds of full-ring load per run (default 3)",
+        "resets": "resets (STATUS = 0) with the ring full, per run (default 5)",
+    },
+    iterable=["spec"],
+)
+def stall(
+    c: Context,
+    spec: list[str] | None = None,
+    target: str = "host",
+    rounds: int = 3,
+    seconds: float = 3.0,
+    resets: int = 5,
+) -> None:
+    """How long one guest access holds hvisor's main thread, per spec; build/stall/<timestamp>/."""
+    from toolchain.bench.stall import StallConfig, run_stall
+
+    defaults = StallConfig()
+    config = StallConfig(
+        specs=tuple(spec) if spec else defaults.specs,
+        target=target,
+        rounds=rounds,
+        seconds=seconds,
+        resets=resets,
+        command=shlex.join(["invoke", *sys.argv[1:]]),
+    )
+    gen(c, spec=list(config.specs))
+    try:
+        load_target(target)
+        out = run_stall(LAYOUT, config, lambda line: print(line, flush=True))
+    except (ValueError, BuildError, MissingTool, SpecError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    print((out / "report.md").read_text())
+    print(f"results: {out.relative_to(ROOT)}")
+
+
 @task
 def clean(c: Context) -> None:
     """Remove build/ (generated/ is committed and stays)."""
@@ -625,6 +665,7 @@ ns.add_task(hvisor_sim)
 ns.add_task(flash_task)
 ns.add_task(bench)
 ns.add_task(e2e)
+ns.add_task(stall)
 ns.configure(
     {
         "blkgen": {

@@ -18,6 +18,7 @@ from toolchain import project
 from toolchain.bench.loadgen import build_loadgen
 from toolchain.bench.runner import BenchConfig, run_bench
 from toolchain.bench.schema import RESULTS_SCHEMA
+from toolchain.spec.model import ThreadingModel
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = project.Layout(ROOT)
@@ -105,3 +106,38 @@ def test_bench_config_rejects(bad: dict[str, object]) -> None:
     settings: dict[str, object] = {"specs": ("virtio-blk",), **bad}
     with pytest.raises(ValueError):
         BenchConfig(**settings).check()  # type: ignore[arg-type]
+
+
+# ---- invoke stall --------------------------------------------------------------------
+
+
+def test_stall_measures_every_spec_and_reports_each(tmp_path: Path) -> None:
+    """Two specs, one short round: the core's figures are read back for each run,
+    and the report has one row per spec (its shape, never a speed)."""
+    from toolchain.bench.stall import StallConfig, run_stall
+
+    config = StallConfig(
+        specs=("inline", "virtio-blk"), rounds=1, seconds=0.3, resets=1, out_dir=tmp_path / "out"
+    )
+    out = run_stall(LAYOUT, config, lambda line: None)
+    assert out == tmp_path / "out"
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["spec"] for r in runs] == ["inline", "virtio-blk"]
+    for r in runs:
+        assert r["resets"] == 1 and r["requests"] > 0
+        assert r["notify_ns"] > 0 and r["status_ns"] > 0 and r["accesses"] > 0
+    inline = runs[0]
+    budget = ThreadingModel.INLINE.main_budget  # its own pass, and a helper pass it waited for
+    assert 1 <= inline["completions"] <= 2 * budget
+    report = (out / "report.md").read_text()
+    assert "| inline | inline |" in report and "| virtio-blk | worker-drain |" in report
+
+
+@pytest.mark.parametrize(
+    "bad", [{"specs": ()}, {"specs": ("a", "a")}, {"rounds": 0}, {"seconds": 0}]
+)
+def test_stall_config_rejects(bad: dict[str, object]) -> None:
+    from toolchain.bench.stall import StallConfig
+
+    with pytest.raises(ValueError):
+        StallConfig(**bad).check()  # type: ignore[arg-type]

@@ -1,0 +1,215 @@
+"""The main-thread stall benchmark (`invoke stall`).
+
+hvisor-tool runs every guest's MMIO accesses on one main thread; whatever a
+device's notify handler or reset does there, every other access of every
+zone waits for, some with a guest vCPU spinning in EL2 (hvisor-api.md
+section 5). This benchmark measures, per spec, the longest such hold under
+a guest that keeps its ring full of the largest requests a Linux guest
+sends, and the longest reset (STATUS = 0) issued with the ring full.
+
+It drives the project's runtime on the hvisor transport (the clean-room
+core, whose main loop times every access it handles and reports the longest
+QueueNotify, STATUS write and other access at shutdown). Specs run in turn
+within each round (A B C A B C ...), so a noisy machine slows them alike;
+the report gives the median and the spread over the rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..bridge.backend import HvisorBackend
+from ..bridge.mmio import MmioTransport
+from ..guest.blk import VIRTIO_BLK_S_OK, BlkDevice, BlkRequest
+from ..guest.memory import GuestMemory
+from ..project import Layout, build_one, specs
+from ..targets import load_target
+
+Progress = Callable[[str], None]
+
+#: What a Linux guest sends at most by default (max_sectors_kb 1280 rounds to
+#: 1 MiB requests on a page-cached image): 16 segments of 64 KiB.
+REQUEST_SEGMENTS = 16
+SEGMENT_BYTES = 64 * 1024
+RING = 256  # entries per queue, at most the spec's queue_size
+RAM_GPA = 0x4000_0000
+IMAGE_MIB = 64
+
+_LINE = re.compile(
+    r"main thread: (?P<accesses>\d+) accesses; longest QueueNotify (?P<notify_ns>\d+) ns "
+    r"\(the main thread completed at most (?P<completions>\d+) in one\), longest "
+    r"STATUS write (?P<status_ns>\d+) ns, longest other access (?P<other_ns>\d+) ns"
+)
+
+
+@dataclass(frozen=True)
+class StallConfig:
+    """What one `invoke stall` does."""
+
+    specs: tuple[str, ...] = ("inline", "procq", "virtio-blk", "per-queue")
+    target: str = "host"
+    rounds: int = 3
+    seconds: float = 3.0
+    resets: int = 5
+    out_dir: Path | None = None  # default: build/stall/<timestamp>/
+    command: str = ""
+
+    def check(self) -> None:
+        """ValueError for settings that cannot run."""
+        if not self.specs or len(set(self.specs)) != len(self.specs):
+            raise ValueError("name each spec once (--spec A --spec B)")
+        if self.rounds < 1 or self.seconds <= 0 or self.resets < 0:
+            raise ValueError("--rounds >= 1, --seconds > 0 and --resets >= 0")
+
+
+@dataclass(frozen=True)
+class StallRun:
+    """One spec's run in one round: what the core measured, and the load."""
+
+    spec: str
+    round: int
+    requests: int
+    resets: int
+    accesses: int
+    notify_ns: int
+    completions: int
+    status_ns: int
+    other_ns: int
+
+
+def _request(dev: BlkDevice, sector: int) -> BlkRequest:
+    segments = [SEGMENT_BYTES] * REQUEST_SEGMENTS
+    return BlkRequest.read(dev.memory, sector, sum(segments), segments)
+
+
+def _in_flight(dev: BlkDevice, indirect: bool) -> int:
+    """Requests a full ring holds: one descriptor each when indirect, else all of them."""
+    size = dev.queues[0].size
+    return size if indirect else size // (REQUEST_SEGMENTS + 2)
+
+
+def _fill(dev: BlkDevice, want: int, sector: int, sectors: int) -> int:
+    """Post requests until want are outstanding; one kick. Returns the next sector."""
+    step = REQUEST_SEGMENTS * SEGMENT_BYTES // 512
+    while dev.outstanding() < want:
+        dev.submit(_request(dev, sector), kick=False)
+        sector = (sector + step) % (sectors - step)
+    dev.queues[0].kick()
+    return sector
+
+
+def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: StallConfig,
+            work: Path) -> StallRun:  # fmt: skip
+    """One spec, one round: load for cfg.seconds, then cfg.resets resets with the ring full."""
+    (spec,) = specs(layout, [spec_name])
+    target = load_target(target_name)
+    binary = build_one(layout, spec_name, target_name).binary
+    image = work / "disk.img"
+    with image.open("wb") as f:  # random bytes: no holes, which read cheaper
+        for _ in range(IMAGE_MIB):
+            f.write(os.urandom(1 << 20))
+    sectors = (IMAGE_MIB << 20) // 512
+    ring = min(RING, spec.device.queue_size)
+    indirect = spec.features.indirect_desc
+    per_request = REQUEST_SEGMENTS * SEGMENT_BYTES
+    memory = GuestMemory([(RAM_GPA, (ring + 8) * per_request if indirect else 64 << 20)])
+    timeout = 60.0 if target.emulated else 10.0
+    if spec.backend.direct:
+        memory.io_align = spec.device.block_size
+    dev = BlkDevice(memory=memory, queue_size=ring, timeout=timeout, indirect=indirect)
+    backend = HvisorBackend.runtime(
+        str(binary), str(image), work, prefix=target.runner, name=f"{spec_name}-{rnd}",
+        env=dict(target.env),
+    )  # fmt: skip
+    backend.start()
+    backend.attach(dev)
+    requests = resets = 0
+    try:
+        want = _in_flight(dev, indirect)
+        sector = 0
+        deadline = time.monotonic() + cfg.seconds
+        while time.monotonic() < deadline:
+            sector = _fill(dev, want, sector, sectors)
+            done = dev.complete(count=1)
+            requests += len(done)
+            if any(c.status != VIRTIO_BLK_S_OK for c in done):
+                raise RuntimeError(f"{spec_name}: a read failed: {done[0]}")
+        dev.complete()
+        for _ in range(cfg.resets):
+            _fill(dev, want, sector, sectors)
+            transport = dev.transport
+            assert isinstance(transport, MmioTransport)
+            transport.set_status(0)  # with the ring full
+            dev.reconnect()
+            resets += 1
+    finally:
+        dev.close()
+        code = backend.stop()
+    log = backend.log_text()
+    found = _LINE.search(log)
+    if code != 0 or found is None:
+        raise RuntimeError(f"{spec_name}: the runtime exited {code}; see {backend.log_path}")
+    figures = {k: int(v) for k, v in found.groupdict().items()}
+    backend.cleanup()
+    return StallRun(spec_name, rnd, requests, resets, **figures)
+
+
+def _us(ns: Sequence[int]) -> str:
+    med = statistics.median(ns) / 1000
+    return f"{med:.0f} ({min(ns) / 1000:.0f}-{max(ns) / 1000:.0f})"
+
+
+def report(cfg: StallConfig, runs: list[StallRun], models: dict[str, str]) -> str:
+    """Markdown: per spec, the median (min-max) over rounds of each longest hold."""
+    head = (
+        "# Main-thread stall\n\n"
+        f"`{cfg.command or 'invoke stall'}` on {platform.machine()} "
+        f"({cfg.target}), {cfg.rounds} round(s) of {cfg.seconds:g} s load + "
+        f"{cfg.resets} reset(s) with the ring full; requests of {REQUEST_SEGMENTS} x "
+        f"{SEGMENT_BYTES // 1024} KiB reads. Figures in us: median (min-max) over rounds.\n\n"
+        "| spec | model | longest QueueNotify | main thread completed in one | "
+        "longest STATUS=0 | longest other access | requests/round |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for name in cfg.specs:
+        mine = [r for r in runs if r.spec == name]
+        model = models[name]
+        rows.append(
+            f"| {name} | {model} | {_us([r.notify_ns for r in mine])} | "
+            f"{max(r.completions for r in mine)} | {_us([r.status_ns for r in mine])} | "
+            f"{_us([r.other_ns for r in mine])} | "
+            f"{statistics.median(r.requests for r in mine):.0f} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def run_stall(layout: Layout, cfg: StallConfig, progress: Progress) -> Path:
+    """Every round runs every spec in turn; results and report in build/stall/<timestamp>/."""
+    cfg.check()
+    models = {s.name: s.threading.model.value for s in specs(layout, list(cfg.specs))}
+    out = cfg.out_dir or layout.build_dir / "stall" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True)
+    runs: list[StallRun] = []
+    for rnd in range(cfg.rounds):
+        for name in cfg.specs:
+            with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="blkgen-stall-") as tmp:
+                r = run_one(layout, name, cfg.target, rnd, cfg, Path(tmp))
+            runs.append(r)
+            progress(
+                f"round {rnd + 1}/{cfg.rounds} {name}: QueueNotify {r.notify_ns / 1000:.0f} us, "
+                f"STATUS=0 {r.status_ns / 1000:.0f} us, {r.requests} requests"
+            )
+    (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
+    (out / "report.md").write_text(report(cfg, runs, models))
+    return out
