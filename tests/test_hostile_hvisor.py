@@ -423,3 +423,25 @@ def test_a_ring_kicked_once_is_served_a_budget_per_notify_and_finished_without_a
     if not dut.spec.threading.model.has_worker:  # inline: the main thread completes
         assert 1 <= figures["completions"] <= 2 * budget, figures
 
+
+def test_a_guest_cannot_flood_the_daemons_log(
+    zdev: BlkDevice, backend: Backend, dut: DeviceUnderTest, shadow: ShadowDisk
+) -> None:
+    """Kicks for a queue that is not there, 2000 of them: each is worth a warning, but
+    a site logs at most a burst per second and then says how many it suppressed."""
+    if dut.transport in DAEMON_TRANSPORTS:
+        pytest.skip("hvisor-tool's own core logs through its own log, unlimited")
+    t = mmio(zdev)
+    start = time.monotonic()
+    for _ in range(2000):
+        t.write(QUEUE_NOTIFY, 7)
+    took = time.monotonic() - start
+    recover_and_check(zdev, backend, dut, shadow, snapshot(zdev), allowed(zdev, []))
+    lines = [ln for ln in backend.log_text().splitlines() if "QueueNotify 7 ignored" in ln]
+    assert 1 <= len(lines) <= 10 * (int(took) + 2), f"{len(lines)} lines in {took:.1f}s"
+    time.sleep(1.1)
+    t.write(QUEUE_NOTIFY, 7)  # a new window: first, how many were dropped
+    deadline = time.monotonic() + dut.timeout
+    while "similar message(s) suppressed" not in backend.log_text():
+        assert time.monotonic() < deadline, "no line says how many were suppressed"
+        time.sleep(0.05)
