@@ -67,6 +67,7 @@ from toolchain.guest.hostile import (
     rss_kib,
     thread_cpu_seconds,
 )
+from toolchain.guest.vhost_user import Request
 from toolchain.guest.virtq import UsedElem
 
 from .conftest import DAEMON_TRANSPORTS, IMAGE_SIZE, DeviceUnderTest, assert_image_holds
@@ -778,6 +779,33 @@ def test_kick_before_the_ring_is_set_up_is_ignored_until_it_is(
         assert req.data_in() == shadow.expected(READ_SECTOR * 512, 4096)
         assert req.check_guards() == []
         q.close()
+
+
+@pytest.mark.vhost_user_only("a vhost-user message's deadline belongs to the vhost-user runtime")
+def test_a_message_trickled_byte_by_byte_is_cut_off_at_one_deadline_for_the_whole(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk
+) -> None:
+    """A header, then its 8-byte payload one byte a second: each byte comes well inside
+    the runtime's 5 s receive timeout, but the message as a whole does not, so the
+    frontend is dropped before the last byte (the main thread is not held for 8 s),
+    and the next frontend is served."""
+    if dut.spec.name != "virtio-blk":
+        pytest.skip("the runtime's message handling is the same for every spec: default spec")
+    with VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
+        fe.send(Request.SET_FEATURES, b"", size=8)  # the header announces 8 bytes
+        start = time.monotonic()
+        with pytest.raises((OSError, VhostUserError)):
+            for _ in range(8):
+                time.sleep(1.0)
+                fe.sock.send(b"\0")
+            fe.get_features()  # all 8 arrived in time: the message stood
+        took = time.monotonic() - start
+    assert took < 7.5, f"the frontend was dropped only after {took:.1f}s"
+    assert backend.alive()
+    assert "not complete within 5 s" in backend.log_text()
+    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
+        backend.attach(dev)
+        assert_device_works(dev, shadow)
 
 
 @pytest.mark.parametrize("num", [0, 3, 100, "max*2", 0x8000_0000])

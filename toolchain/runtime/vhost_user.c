@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/virtio_blk.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Provided by the device pair (virtio_blk.c). */
@@ -474,14 +476,42 @@ static void close_msg_fds(struct vu_msg *m) {
     m->nfds = 0;
 }
 
-static int read_full(int fd, void *buf, size_t len) {
+static int64_t mono_ns(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The rest of a message, by deadline_ns: a message that has started has one
+ * deadline for the whole of it, so a frontend trickling bytes cannot hold
+ * the main thread longer than that (SO_RCVTIMEO bounds each recv only). */
+static int read_full(int fd, void *buf, size_t len, int64_t deadline_ns) {
     char *p = buf;
 
     while (len > 0) {
+        const int64_t left_ns = deadline_ns - mono_ns();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int ready;
+
+        if (left_ns <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        ready = poll(&pfd, 1, (int)((left_ns + 999999) / 1000000));
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready <= 0) {
+            if (ready == 0)
+                errno = ETIMEDOUT;
+            return -1;
+        }
         ssize_t n = recv(fd, p, len, 0);
 
         if (n < 0 && errno == EINTR)
             continue;
+        if (n == 0)
+            errno = ECONNRESET; /* the frontend went away mid-message */
         if (n <= 0)
             return -1;
         p += n;
@@ -500,6 +530,7 @@ static int read_msg(int fd, struct vu_msg *m) {
     struct msghdr mh;
     struct cmsghdr *c;
     bool too_many = false;
+    int64_t deadline;
     ssize_t n;
 
     memset(&mh, 0, sizeof(mh));
@@ -518,6 +549,7 @@ static int read_msg(int fd, struct vu_msg *m) {
         log_error("receive failed: %s", strerror(errno));
         return -1;
     }
+    deadline = mono_ns() + (int64_t)VU_IO_TIMEOUT_SEC * 1000000000;
     for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
         size_t cnt, i;
 
@@ -542,8 +574,9 @@ static int read_msg(int fd, struct vu_msg *m) {
         return -1;
     }
     if ((size_t)n < sizeof(m->hdr) &&
-        read_full(fd, (char *)&m->hdr + n, sizeof(m->hdr) - (size_t)n) < 0) {
-        log_error("truncated message header");
+        read_full(fd, (char *)&m->hdr + n, sizeof(m->hdr) - (size_t)n,
+                  deadline) < 0) {
+        log_error("truncated message header: %s", strerror(errno));
         close_msg_fds(m);
         return -1;
     }
@@ -559,8 +592,10 @@ static int read_msg(int fd, struct vu_msg *m) {
         return -1;
     }
     memset(&m->payload, 0, sizeof(m->payload));
-    if (m->hdr.size > 0 && read_full(fd, &m->payload, m->hdr.size) < 0) {
-        log_error("request %u: truncated payload", m->hdr.request);
+    if (m->hdr.size > 0 &&
+        read_full(fd, &m->payload, m->hdr.size, deadline) < 0) {
+        log_error("request %u: payload not complete within %d s: %s",
+                  m->hdr.request, VU_IO_TIMEOUT_SEC, strerror(errno));
         close_msg_fds(m);
         return -1;
     }
