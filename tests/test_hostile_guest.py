@@ -21,6 +21,7 @@ after a ring was stopped), and durability across SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -806,6 +807,37 @@ def test_a_message_trickled_byte_by_byte_is_cut_off_at_one_deadline_for_the_whol
     with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
         backend.attach(dev)
         assert_device_works(dev, shadow)
+
+
+@pytest.mark.vhost_user_only("the frontend's memory files belong to vhost-user")
+def test_a_frontend_shrinking_its_memory_file_under_the_device_is_dropped_not_fatal(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk
+) -> None:
+    """SET_MEM_TABLE checks each file's size, but a frontend can truncate one later (a
+    memfd not sealed against shrinking). The device then faults (SIGBUS) on the lost
+    pages: the runtime puts zero pages in their place, drops the frontend, and serves
+    the next one."""
+    if dut.spec.name != "virtio-blk":
+        pytest.skip("the runtime's memory handling is the same for every spec: default spec")
+    mem = GuestMemory([(0x1000_0000, 4 << 20), (0x2000_0000, 4 << 20)])
+    dev = BlkDevice(memory=mem, timeout=dut.timeout, queue_size=64)
+    backend.attach(dev)  # rings in region 0
+    req = BlkRequest.read(mem, READ_SECTOR, 64 * 1024, 4, region=1)
+    os.ftruncate(mem.regions[1].fd, 0)  # from now on nobody here touches region 1
+    dev.submit(req)
+    deadline = time.monotonic() + 4 * dut.timeout
+    while "closing the frontend connection" not in backend.log_text():
+        assert backend.alive(), backend.log_text()
+        assert time.monotonic() < deadline, "the frontend was never dropped"
+        time.sleep(0.05)
+    assert "guest memory shrank under the device" in backend.log_text()
+    assert backend.alive()
+    with contextlib.suppress(OSError, VhostUserError):  # the backend hung up first
+        dev.disconnect()
+    mem.close()
+    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as fresh:
+        backend.attach(fresh)
+        assert_device_works(fresh, shadow)
 
 
 @pytest.mark.parametrize("num", [0, 3, 100, "max*2", 0x8000_0000])

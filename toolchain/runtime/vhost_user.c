@@ -466,6 +466,60 @@ void vu_needs_reset(VirtIODevice *vdev) {
                   strerror(errno));
 }
 
+/* ---- guest memory that shrinks under the device ------------------------- */
+
+static size_t g_page_size;
+
+/*
+ * SIGBUS in a mapping of the frontend's memory: the frontend truncated a
+ * memory file after SET_MEM_TABLE (a memfd it did not seal against
+ * shrinking). The faulting page and the rest of that region get anonymous
+ * zero pages in place, so the access that faulted, and any after it, go on
+ * harmlessly, and the main loop is woken to drop the frontend (which
+ * unmaps the table). Anything else faulting is a real crash: the default
+ * action. Only async-signal-safe calls here (mmap, write).
+ */
+static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
+    static const char msg[] =
+        "vhost-user-blk: error: guest memory shrank under the device (the "
+        "frontend truncated a memory file); zero pages stand in until the "
+        "connection is dropped\n";
+    const uint64_t one = 1;
+    char *addr = si->si_addr;
+    unsigned i;
+
+    (void)uctx;
+    for (i = 0; i < g_mem.n && i < VU_MAX_REGIONS; i++) {
+        char *base = g_mem.r[i].map_base;
+        const size_t len = g_mem.r[i].map_len;
+        char *page;
+
+        if (base == NULL || addr < base || addr >= base + len)
+            continue;
+        page = (char *)((uintptr_t)addr & ~(uintptr_t)(g_page_size - 1));
+        if (mmap(page, (size_t)(base + len - page), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+            break;
+        if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0 ||
+            write(g_needs_reset_fd, &one, sizeof(one)) < 0) {
+            /* nothing more a handler can do */
+        }
+        return;
+    }
+    signal(sig, SIG_DFL); /* not guest memory: the fault repeats, fatally */
+}
+
+static int install_sigbus_handler(void) {
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    g_page_size = (size_t)sysconf(_SC_PAGESIZE);
+    return sigaction(SIGBUS, &sa, NULL);
+}
+
 /* ---- message I/O ------------------------------------------------------- */
 
 static void close_msg_fds(struct vu_msg *m) {
@@ -1323,9 +1377,16 @@ int rt_run(const struct rt_options *opts) {
         g_vq[i].err_fd = -1;
     }
 
-    /* Every thread the device starts inherits this fully blocked mask. */
+    /* Every thread the device starts inherits this mask: everything blocked
+     * but SIGBUS, which a frontend shrinking its memory raises in whichever
+     * thread touches the lost pages (on_sigbus). */
     sigfillset(&all);
+    sigdelset(&all, SIGBUS);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    if (install_sigbus_handler() != 0) {
+        log_fatal("sigaction(SIGBUS): %s", strerror(errno));
+        return 1;
+    }
     sigemptyset(&term);
     sigaddset(&term, SIGINT);
     sigaddset(&term, SIGTERM);
