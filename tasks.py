@@ -619,6 +619,7 @@ def e2e(
         "rounds": "rounds; each runs every spec once, in turn (default 3)",
         "seconds": "seconds of full-ring load per run (default 3)",
         "resets": "resets (STATUS = 0) with the ring full, per run (default 5)",
+        "request-kib": "size of each request, a multiple of 64 KiB (default 1024)",
     },
     iterable=["spec"],
 )
@@ -629,6 +630,7 @@ def stall(
     rounds: int = 3,
     seconds: float = 3.0,
     resets: int = 5,
+    request_kib: int = 1024,
 ) -> None:
     """How long one guest access holds hvisor's main thread, per spec; build/stall/<timestamp>/."""
     from toolchain.bench.stall import StallConfig, run_stall
@@ -640,6 +642,7 @@ def stall(
         rounds=rounds,
         seconds=seconds,
         resets=resets,
+        request_kib=request_kib,
         command=shlex.join(["invoke", *sys.argv[1:]]),
     )
     gen(c, spec=list(config.specs))

@@ -383,8 +383,9 @@ def test_a_driver_that_never_acks_still_gets_every_completion(
 
 STALL_LINE = re.compile(
     r"main thread: (?P<accesses>\d+) accesses; longest QueueNotify (?P<notify>\d+) ns "
-    r"\(the main thread completed at most (?P<completions>\d+) in one\), longest "
-    r"STATUS write (?P<status>\d+) ns, longest other access (?P<other>\d+) ns"
+    r"\(most on CPU (?P<notify_cpu>\d+) ns; the main thread completed at most "
+    r"(?P<completions>\d+) in one\), longest STATUS write (?P<status>\d+) ns "
+    r"\(most on CPU (?P<status_cpu>\d+) ns\), longest other access (?P<other>\d+) ns"
 )
 
 

@@ -37,18 +37,21 @@ from ..targets import load_target
 
 Progress = Callable[[str], None]
 
-#: What a Linux guest sends at most by default (max_sectors_kb 1280 rounds to
-#: 1 MiB requests on a page-cached image): 16 segments of 64 KiB.
-REQUEST_SEGMENTS = 16
+#: Requests are made of 64 KiB segments; by default 16 of them, 1 MiB, what a
+#: Linux guest sends at most with its default max_sectors_kb (1280).
 SEGMENT_BYTES = 64 * 1024
 RING = 256  # entries per queue, at most the spec's queue_size
 RAM_GPA = 0x4000_0000
 IMAGE_MIB = 64
+#: Guest RAM for request buffers at most: with indirect_desc and large
+#: requests a full ring would need more, and fewer are kept in flight.
+MAX_RAM = 512 << 20
 
 _LINE = re.compile(
     r"main thread: (?P<accesses>\d+) accesses; longest QueueNotify (?P<notify_ns>\d+) ns "
-    r"\(the main thread completed at most (?P<completions>\d+) in one\), longest "
-    r"STATUS write (?P<status_ns>\d+) ns, longest other access (?P<other_ns>\d+) ns"
+    r"\(most on CPU (?P<notify_cpu_ns>\d+) ns; the main thread completed at most "
+    r"(?P<completions>\d+) in one\), longest STATUS write (?P<status_ns>\d+) ns "
+    r"\(most on CPU (?P<status_cpu_ns>\d+) ns\), longest other access (?P<other_ns>\d+) ns"
 )
 
 
@@ -61,6 +64,7 @@ class StallConfig:
     rounds: int = 3
     seconds: float = 3.0
     resets: int = 5
+    request_kib: int = 1024  # each request's size: a multiple of 64 KiB
     out_dir: Path | None = None  # default: build/stall/<timestamp>/
     command: str = ""
 
@@ -70,6 +74,13 @@ class StallConfig:
             raise ValueError("name each spec once (--spec A --spec B)")
         if self.rounds < 1 or self.seconds <= 0 or self.resets < 0:
             raise ValueError("--rounds >= 1, --seconds > 0 and --resets >= 0")
+        if self.request_kib < 64 or self.request_kib % 64 or self.request_kib > 32 * 1024:
+            raise ValueError("--request-kib: a multiple of 64 in 64..32768")
+
+    @property
+    def segments(self) -> int:
+        """64 KiB segments per request."""
+        return self.request_kib // 64
 
 
 @dataclass(frozen=True)
@@ -78,31 +89,28 @@ class StallRun:
 
     spec: str
     round: int
+    in_flight: int
     requests: int
     resets: int
     accesses: int
     notify_ns: int
+    notify_cpu_ns: int
     completions: int
     status_ns: int
+    status_cpu_ns: int
     other_ns: int
 
 
-def _request(dev: BlkDevice, sector: int) -> BlkRequest:
-    segments = [SEGMENT_BYTES] * REQUEST_SEGMENTS
-    return BlkRequest.read(dev.memory, sector, sum(segments), segments)
+def _request(dev: BlkDevice, sector: int, segments: int) -> BlkRequest:
+    sizes = [SEGMENT_BYTES] * segments
+    return BlkRequest.read(dev.memory, sector, sum(sizes), sizes)
 
 
-def _in_flight(dev: BlkDevice, indirect: bool) -> int:
-    """Requests a full ring holds: one descriptor each when indirect, else all of them."""
-    size = dev.queues[0].size
-    return size if indirect else size // (REQUEST_SEGMENTS + 2)
-
-
-def _fill(dev: BlkDevice, want: int, sector: int, sectors: int) -> int:
+def _fill(dev: BlkDevice, want: int, sector: int, sectors: int, segments: int) -> int:
     """Post requests until want are outstanding; one kick. Returns the next sector."""
-    step = REQUEST_SEGMENTS * SEGMENT_BYTES // 512
+    step = segments * SEGMENT_BYTES // 512
     while dev.outstanding() < want:
-        dev.submit(_request(dev, sector), kick=False)
+        dev.submit(_request(dev, sector, segments), kick=False)
         sector = (sector + step) % (sectors - step)
     dev.queues[0].kick()
     return sector
@@ -121,8 +129,13 @@ def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: Sta
     sectors = (IMAGE_MIB << 20) // 512
     ring = min(RING, spec.device.queue_size)
     indirect = spec.features.indirect_desc
-    per_request = REQUEST_SEGMENTS * SEGMENT_BYTES
-    memory = GuestMemory([(RAM_GPA, (ring + 8) * per_request if indirect else 64 << 20)])
+    segments = cfg.segments
+    if not indirect and segments + 2 > ring:
+        raise ValueError(f"{spec_name}: a {cfg.request_kib} KiB request needs indirect_desc")
+    per_request = segments * SEGMENT_BYTES
+    full = ring if indirect else max(1, ring // (segments + 2))
+    in_flight = max(1, min(full, MAX_RAM // per_request - 2))
+    memory = GuestMemory([(RAM_GPA, (in_flight + 2) * per_request + (1 << 20))])
     timeout = 60.0 if target.emulated else 10.0
     if spec.backend.direct:
         memory.io_align = spec.device.block_size
@@ -135,18 +148,18 @@ def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: Sta
     backend.attach(dev)
     requests = resets = 0
     try:
-        want = _in_flight(dev, indirect)
+        want = in_flight
         sector = 0
         deadline = time.monotonic() + cfg.seconds
         while time.monotonic() < deadline:
-            sector = _fill(dev, want, sector, sectors)
+            sector = _fill(dev, want, sector, sectors, segments)
             done = dev.complete(count=1)
             requests += len(done)
             if any(c.status != VIRTIO_BLK_S_OK for c in done):
                 raise RuntimeError(f"{spec_name}: a read failed: {done[0]}")
         dev.complete()
         for _ in range(cfg.resets):
-            _fill(dev, want, sector, sectors)
+            _fill(dev, want, sector, sectors, segments)
             transport = dev.transport
             assert isinstance(transport, MmioTransport)
             transport.set_status(0)  # with the ring full
@@ -161,7 +174,7 @@ def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: Sta
         raise RuntimeError(f"{spec_name}: the runtime exited {code}; see {backend.log_path}")
     figures = {k: int(v) for k, v in found.groupdict().items()}
     backend.cleanup()
-    return StallRun(spec_name, rnd, requests, resets, **figures)
+    return StallRun(spec_name, rnd, in_flight, requests, resets, **figures)
 
 
 def _us(ns: Sequence[int]) -> str:
@@ -175,11 +188,14 @@ def report(cfg: StallConfig, runs: list[StallRun], models: dict[str, str]) -> st
         "# Main-thread stall\n\n"
         f"`{cfg.command or 'invoke stall'}` on {platform.machine()} "
         f"({cfg.target}), {cfg.rounds} round(s) of {cfg.seconds:g} s load + "
-        f"{cfg.resets} reset(s) with the ring full; requests of {REQUEST_SEGMENTS} x "
+        f"{cfg.resets} reset(s) with the ring full; requests of {cfg.segments} x "
         f"{SEGMENT_BYTES // 1024} KiB reads. Figures in us: median (min-max) over rounds.\n\n"
-        "| spec | model | longest QueueNotify | main thread completed in one | "
-        "longest STATUS=0 | longest other access | requests/round |\n"
-        "|---|---|---|---|---|---|---|\n"
+        "Wall time includes the main thread being preempted (on a 2-core machine the\n"
+        "guest, the main thread and the workers share two CPUs); CPU time is the work\n"
+        "the main thread itself did.\n\n"
+        "| spec | model | longest QueueNotify, wall | on CPU | main thread completed in one | "
+        "longest STATUS=0, wall | on CPU | longest other access | in flight | requests/round |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for name in cfg.specs:
@@ -187,8 +203,9 @@ def report(cfg: StallConfig, runs: list[StallRun], models: dict[str, str]) -> st
         model = models[name]
         rows.append(
             f"| {name} | {model} | {_us([r.notify_ns for r in mine])} | "
-            f"{max(r.completions for r in mine)} | {_us([r.status_ns for r in mine])} | "
-            f"{_us([r.other_ns for r in mine])} | "
+            f"{_us([r.notify_cpu_ns for r in mine])} | {max(r.completions for r in mine)} | "
+            f"{_us([r.status_ns for r in mine])} | {_us([r.status_cpu_ns for r in mine])} | "
+            f"{_us([r.other_ns for r in mine])} | {mine[0].in_flight} | "
             f"{statistics.median(r.requests for r in mine):.0f} |"
         )
     return head + "\n".join(rows) + "\n"
