@@ -96,7 +96,7 @@ static struct {
 } g_stall;
 static pthread_t g_main_thread;
 
-void hv_inject_seen(VirtQueue *vq) {
+static void hv_inject_seen(VirtQueue *vq) {
     if (!pthread_equal(pthread_self(), g_main_thread) || g_stall.used == NULL ||
         vq->used_ring != g_stall.used)
         return; /* g_stall is the main thread's alone */
@@ -672,6 +672,7 @@ int rt_hvisor_run(const struct rt_options *opts) {
 
     rt_hvisor_core = true;
     g_main_thread = pthread_self();
+    rt_inject_hook = hv_inject_seen;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     sigemptyset(&term);

@@ -62,9 +62,10 @@ void vu_needs_reset(VirtIODevice *vdev);
 void *hv_gpa_to_hva(uint64_t gpa, int zone_id);
 void hv_signal_call(VirtQueue *vq);
 void hv_needs_reset(VirtIODevice *vdev);
-/* hvisor: the device asked for an interrupt (virtio_inject_irq, before the
- * suppression checks); the core's main-thread figures note it. */
-void hv_inject_seen(VirtQueue *vq);
+/* Called by virtio_inject_irq() first, before the suppression checks, when
+ * set: the hvisor core notes there what the main thread completed. NULL
+ * otherwise (vhost-user, the fuzz harness). */
+extern void (*rt_inject_hook)(VirtQueue *vq);
 
 /*
  * Creates a device as hvisor-tool's create_virtio_device() does: the ops

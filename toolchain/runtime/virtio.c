@@ -181,14 +181,16 @@ void update_used_ring_batch(VirtQueue *vq, const uint16_t *indices,
  * store of used->idx by update_used_ring may still be in flight: a device
  * issues rw_barrier() itself before calling this).
  */
+void (*rt_inject_hook)(VirtQueue *vq);
+
 void virtio_inject_irq(VirtQueue *vq) {
     volatile VirtqUsed *used = vq->used_ring;
     volatile VirtqAvail *avail = vq->avail_ring;
     uint16_t old_idx;
     uint16_t new_idx;
 
-    if (rt_hvisor_core)
-        hv_inject_seen(vq);
+    if (rt_inject_hook != NULL)
+        rt_inject_hook(vq);
     if (used == NULL || avail == NULL) {
         if (rt_hvisor_core)
             rt_board_crash("virtio_inject_irq without rings", vq);
