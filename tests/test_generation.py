@@ -168,7 +168,7 @@ def test_every_enum_member_defines_every_flag(
     traits = {ThreadingModel: _ModelTraits, IoBackend: _IoTraits}.get(type(member))
     names = [f.name for f in fields(traits)] if traits else ["per_request"]
     for name in names:
-        assert isinstance(getattr(member, name), bool | str)
+        assert isinstance(getattr(member, name), bool | int | str)
 
 
 @pytest.mark.parametrize("member", [*ThreadingModel, *IoBackend], ids=str)
