@@ -478,7 +478,8 @@ def test_a_chain_of_only_zero_length_buffers_completes_with_used_len_0(
 #: goes into the chain's last device-writable byte, wherever that is, with used
 #: len 1; a chain with no writable byte completes with used len 0, nothing written.
 FORMAT_CASES: dict[str, tuple[list[bytes | int], list[int]]] = {
-    "header-8-bytes": ([hdr(VIRTIO_BLK_T_IN)[:8], 512, 1], [0, W, W]),
+    # 4096 data bytes: a block even for block_size 4096, so only the header is wrong
+    "header-8-bytes": ([hdr(VIRTIO_BLK_T_IN)[:8], 4096, 1], [0, W, W]),
     "header-24-bytes-so-in-has-readable-data": (
         [hdr(VIRTIO_BLK_T_IN) + bytes(8), 512, 1],
         [0, W, W],

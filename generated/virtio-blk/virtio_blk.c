@@ -475,7 +475,7 @@ static const char *blk_walk_chain(BlkQueue *q, uint16_t head,
     if (--last->iov_len == 0)
         nwrite--;
 
-    BlkReqHead h;
+    BlkReqHead h = {0}; /* a short header leaves no stack garbage behind */
     const int first = sound ? blk_take_header(req, nread, &h) : -1;
     const unsigned int nreadable = first < 0 ? 0 : nread - (unsigned int)first;
     if (first < 0 || (nreadable != 0 && nwrite != 0)) {
