@@ -572,7 +572,15 @@ class BlkDevice:
         )
 
     def flush(self, queue: int = 0) -> None:
-        """VIRTIO_BLK_T_FLUSH; raise BlkStatusError unless S_OK."""
+        """VIRTIO_BLK_T_FLUSH; raise BlkStatusError unless S_OK.
+
+        As a driver does, nothing is sent when FLUSH was not negotiated: the
+        device then has no writeback cache (Linux's virtio_blk assumes so) and
+        a completed write is already durable; the project's device opens the
+        image O_DSYNC then. Send ``BlkRequest.flush`` to see the device refuse it.
+        """
+        if not self.features & (1 << VIRTIO_BLK_F_FLUSH):
+            return
         self._checked(BlkRequest.flush(self.memory), "flush", queue)
 
     def get_id(self, queue: int = 0) -> bytes:
