@@ -1313,6 +1313,16 @@ static void virtio_blk_reset(VirtIODevice *vdev) {
         return;
     for (unsigned int i = 0; i < dev->nqueues; i++)
         blk_queue_quiesce(&dev->queues[i]);
+    /* hvisor-tool clears InterruptStatus (and on ARM64 forgets the line,
+     * deasserting it being a no-op there) before it calls this op, while a
+     * worker may still be ending a pass: an interrupt raised in between
+     * would outlive the reset, InterruptStatus reading non-zero on a reset
+     * device (virtio 1.2 4.2.2.1) and the line left "asserted", so the next
+     * interrupts merge into it. Nothing runs now: clear that again. */
+    pthread_mutex_lock(&vdev->interrupt_lock);
+    vdev->regs.interrupt_status = 0;
+    vdev->interrupt_line_asserted = false;
+    pthread_mutex_unlock(&vdev->interrupt_lock);
 }
 
 /* A queue's I/O state (io_uring), then its threads (per-queue).

@@ -420,8 +420,14 @@ static void handle_req(volatile struct hvdev_req *slot) {
     const uint64_t off = req.address - g_devs[i]->base_addr;
     const bool notify = req.is_write && off == VIRTIO_MMIO_QUEUE_NOTIFY;
     g_stall.used = NULL;
+    /* Only a used ring aligned as virtio requires: an atomic load from a
+     * misaligned one faults on AArch64, and the device refuses such a ring
+     * anyway (the measurement must not be what a guest crashes). */
     if (notify && req.value < g_devs[i]->vqs_len &&
-        (g_stall.used = g_devs[i]->vqs[req.value].used_ring) != NULL) {
+        (g_stall.used = g_devs[i]->vqs[req.value].used_ring) != NULL &&
+        ((uintptr_t)g_stall.used & 3) != 0)
+        g_stall.used = NULL;
+    if (g_stall.used != NULL) {
         g_stall.used_before =
             __atomic_load_n(&g_stall.used->idx, __ATOMIC_ACQUIRE);
     }
