@@ -122,14 +122,6 @@ MUTANTS: tuple[Mutant, ...] = (
         "test_bad_index_or_loop",
     ),
     Mutant(
-        "interrupt-status-outlives-reset",
-        "an interrupt raised while reset quiesces the device does not outlive it",
-        "vdev->regs.interrupt_status = 0;\n    vdev->interrupt_line_asserted = false;",
-        "",
-        "test_a_reset_that_cuts_a_drain_short_leaves_no_interrupt_behind",
-        module="tests/test_hostile_hvisor.py",
-    ),
-    Mutant(
         "no-main-thread-budget",
         "inline: the main thread takes a budget of requests per notify",
         "const bool more = blk_drain(q, BLK_MAIN_BUDGET) >= BLK_MAIN_BUDGET;",
