@@ -110,11 +110,17 @@ WHEN = ["before-kick", "in-flight"]
 def hostile(
     dev: BlkDevice, when: str, rewrite: Callable[[], None]
 ) -> tuple[list[Range], MemoryWatch]:
-    """Publish a load and run ``rewrite`` before kicking it, or while it runs."""
+    """Publish a load and run ``rewrite`` before kicking it, or while it runs.
+
+    Before the kick, the device's next pass meets the rewrite for certain: the
+    queue must break and the driver be told (DEVICE_NEEDS_RESET), not carry on
+    with the ring it validated as if nothing had changed.
+    """
     ok, watch = load(dev, kick=when == "in-flight")
     rewrite()
     if when == "before-kick":
         dev.queues[0].kick()
+        assert dev.wait_needs_reset() is not None, "a rewritten ring went unreported"
     return ok, watch
 
 
@@ -245,6 +251,7 @@ def test_a_ring_moved_by_a_high_write_with_requests_in_flight_is_never_followed_
     """Low is OR-ed in, High re-translates: the guest can point a live ring anywhere."""
     low, high = RINGS[ring]
     gpa = ring_gpa(zdev, ring)
+    advance(zdev, 1)  # the device has validated the ring: what follows is a rewrite
 
     def move() -> None:
         if where == "unmapped":
