@@ -122,6 +122,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "test_bad_index_or_loop",
     ),
     Mutant(
+        "live-ring-trusted",
+        "a ring rewritten outside a reset breaks the queue (its validated copy is compared)",
+        "return vq->num == r->num &&",
+        "return true || vq->num == r->num &&",
+        "test_queue_num_enlarged or test_queue_num_shrunk or test_a_ring_moved_by_a_high_write",
+        module="tests/test_hostile_hvisor.py",
+    ),
+    Mutant(
         "no-main-thread-budget",
         "inline: the main thread takes a budget of requests per notify",
         "const bool more = blk_drain(q, BLK_MAIN_BUDGET) >= BLK_MAIN_BUDGET;",
