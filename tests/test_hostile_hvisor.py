@@ -22,12 +22,12 @@ reads DEVICE_NEEDS_RESET), one that lands during a pass is never followed.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from toolchain.bench import stall
 from toolchain.bridge.mmio import (
     DRIVER_FEATURES,
     DRIVER_FEATURES_SEL,
@@ -408,20 +408,13 @@ def test_a_driver_that_never_acks_still_gets_every_completion(
 
 # ---- Bounded work on the main thread ------------------------------------------------
 
-STALL_LINE = re.compile(
-    r"main thread: (?P<accesses>\d+) accesses; longest QueueNotify (?P<notify>\d+) ns "
-    r"\(most on CPU (?P<notify_cpu>\d+) ns; the main thread completed at most "
-    r"(?P<completions>\d+) in one\), longest STATUS write (?P<status>\d+) ns "
-    r"\(most on CPU (?P<status_cpu>\d+) ns\), longest other access (?P<other>\d+) ns"
-)
-
 
 def main_thread_figures(backend: Backend) -> dict[str, int]:
     """Stop the runtime and read what its core measured of the main thread."""
     assert backend.stop() == 0, backend.log_text()
-    found = STALL_LINE.search(backend.log_text())
-    assert found is not None, f"no main-thread line in the log:\n{backend.log_text()}"
-    return {k: int(v) for k, v in found.groupdict().items()}
+    figures = stall.main_thread_figures(backend.log_text())
+    assert figures is not None, f"no main-thread line in the log:\n{backend.log_text()}"
+    return figures
 
 
 def test_a_ring_kicked_once_is_served_a_budget_per_notify_and_finished_without_another_kick(

@@ -101,6 +101,12 @@ class StallRun:
     other_ns: int
 
 
+def main_thread_figures(log: str) -> dict[str, int] | None:
+    """The figures the runtime's hvisor core prints at shutdown, or None."""
+    found = _LINE.search(log)
+    return None if found is None else {k: int(v) for k, v in found.groupdict().items()}
+
+
 def _request(dev: BlkDevice, sector: int, segments: int) -> BlkRequest:
     sizes = [SEGMENT_BYTES] * segments
     return BlkRequest.read(dev.memory, sector, sum(sizes), sizes)
@@ -168,11 +174,9 @@ def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: Sta
     finally:
         dev.close()
         code = backend.stop()
-    log = backend.log_text()
-    found = _LINE.search(log)
-    if code != 0 or found is None:
+    figures = main_thread_figures(backend.log_text())
+    if code != 0 or figures is None:
         raise RuntimeError(f"{spec_name}: the runtime exited {code}; see {backend.log_path}")
-    figures = {k: int(v) for k, v in found.groupdict().items()}
     backend.cleanup()
     return StallRun(spec_name, rnd, in_flight, requests, resets, **figures)
 
