@@ -101,6 +101,35 @@ MUTANTS: tuple[Mutant, ...] = (
         "test_a_segment_of_size_max",
     ),
     Mutant(
+        "size-max-binds-unnegotiated",
+        "SIZE_MAX binds only a driver that accepted it (virtio 1.2 5.2.3)",
+        "if (req->data[i].iov_len > BLK_SEGMENT_BYTES_MAX &&\n"
+        "            blk_negotiated(q, VIRTIO_BLK_F_SIZE_MAX))",
+        "if (req->data[i].iov_len > BLK_SEGMENT_BYTES_MAX)",
+        "test_seg_max_and_size_max_bind_only_when_negotiated",
+        module="tests/test_conformance.py",
+    ),
+    Mutant(
+        "seg-max-binds-unnegotiated",
+        "SEG_MAX binds only a driver that accepted it (virtio 1.2 5.2.3)",
+        "if (blk_negotiated(q, VIRTIO_BLK_F_SEG_MAX) && req->niov > BLK_SEG_MAX)",
+        "if (req->niov > BLK_SEG_MAX)",
+        "test_seg_max_and_size_max_bind_only_when_negotiated",
+        # Without indirect a chain cannot carry more than seg_max (its default,
+        # queue_size - 2) segments: only an indirect spec can show the rule.
+        spec_has="features.indirect_desc (virtio 1.2 2.7.5.3)",
+        module="tests/test_conformance.py",
+    ),
+    Mutant(
+        "indirect-only-first",
+        "an INDIRECT descriptor may follow direct ones (virtio 1.2 2.7.5.3.2)",
+        'if (indirect)\n                return "nested indirect table";',
+        'if (indirect || total > 1)\n                return "nested indirect table";',
+        "test_an_indirect_layout_is_served",
+        spec_has="features.indirect_desc (virtio 1.2 2.7.5.3)",
+        module="tests/test_conformance.py",
+    ),
+    Mutant(
         "no-sector-bound",
         "sector range checked against capacity, image never grows",
         "req->sector <= dev->capacity && nsect <= dev->capacity - req->sector",
