@@ -7,6 +7,7 @@ shape of what is written, never a speed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -78,10 +79,36 @@ def test_bench_writes_valid_results(tmp_path: Path) -> None:
     assert all(r["exit_code"] == 0 and r["ios"] > 0 for r in doc["runs"])
     assert {c["other"] for c in doc["comparisons"]} == names - {"procq"}
     report = (out / "report.md").read_text()
-    assert "| Metric | procq (A) | virtio-blk (B) |" in report
+    assert "| Metric | procq (A) | Spread A | virtio-blk (B) |" in report
     assert (out / "iops.png").stat().st_size > 0
     assert (out / "latency-cdf-4k-randread-qd64.png").stat().st_size > 0
     assert sum("run 1/1" in line for line in lines) == len(names)
+    # one run: said at the start and in the report
+    assert any(line.startswith("warning: one run per backend") for line in lines)
+    assert "no run-to-run spread is known" in report
+
+
+def test_within_noise_needs_overlapping_ranges_of_two_or_more_runs() -> None:
+    from toolchain.bench.report import spread, within_noise
+
+    def entry(lo: float, med: float, hi: float, runs: int = 3) -> dict[str, object]:
+        return {"ok_runs": runs, "min": {"iops": lo}, "median": {"iops": med}, "max": {"iops": hi}}
+
+    a, b = entry(90, 100, 110), entry(105, 108, 120)
+    assert within_noise(a, b, "iops") and within_noise(b, a, "iops")
+    assert not within_noise(a, entry(111, 115, 130), "iops")  # apart: a real difference
+    assert not within_noise(entry(100, 100, 100, 1), entry(100, 100, 100, 1), "iops")
+    assert spread(a, "iops") == 0.2 and spread(entry(1, 1, 1, 1), "iops") is None
+
+
+def test_latest_points_at_the_newest_report(tmp_path: Path) -> None:
+    from toolchain.bench.runner import point_latest
+
+    for name in ("20260101T000000Z", "20260102T000000Z"):
+        (tmp_path / name).mkdir()
+        point_latest(tmp_path / name)
+    assert (tmp_path / "latest").resolve() == (tmp_path / "20260102T000000Z").resolve()
+    assert os.readlink(tmp_path / "latest") == "20260102T000000Z"  # relative: movable
 
 
 def test_bench_skips_multiqueue_job_for_single_queue_specs(tmp_path: Path) -> None:

@@ -147,10 +147,29 @@ def _fmt(metric: str, value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _ratio(value: float | None) -> str:
+def _ratio(value: float | None, noise: bool = False) -> str:
     if value is None:
         return "—"
-    return f"x{value:.2f} ({(value - 1) * 100:+.0f}%)"
+    return f"x{value:.2f} ({(value - 1) * 100:+.0f}%)" + (", within noise" if noise else "")
+
+
+def within_noise(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str) -> bool:
+    """Whether two backends' run-to-run ranges (min-max) of a metric overlap: then the
+    difference of their medians is not evidence of one being faster. Needs two or
+    more runs each (one run has no range)."""
+    if a is None or b is None or min(a["ok_runs"], b["ok_runs"]) < 2:
+        return False
+    try:
+        return a["min"][metric] <= b["max"][metric] and b["min"][metric] <= a["max"][metric]
+    except KeyError:
+        return False
+
+
+def spread(entry: dict[str, Any] | None, metric: str) -> float | None:
+    """(max - min) / median over the runs, or None with fewer than two runs."""
+    if entry is None or entry["ok_runs"] < 2 or not entry["median"].get(metric):
+        return None
+    return (entry["max"][metric] - entry["min"][metric]) / entry["median"][metric]
 
 
 def report_markdown(doc: dict[str, Any]) -> str:
@@ -179,13 +198,21 @@ def report_markdown(doc: dict[str, Any]) -> str:
         f"- image: {s['image_bytes'] >> 20} MiB of random data in {s['image_dir']}",
         f"- memcpy, 1 MiB blocks, one core: {doc['memcpy']['gib_s']:.2f} GiB/s",
         "- medians over the runs; Change = ratio of medians over "
-        f"{base} (A); CPU is the backend's utime+stime over the whole run",
+        f'{base} (A), "within noise" where the two backends\' min-max ranges over the '
+        "runs overlap; Spread = (max - min) / median of A's runs; CPU is the backend's "
+        "utime+stime over the whole run",
         "",
     ]
+    if s["runs"] < 2:
+        lines += [
+            "**One run per backend and job: no run-to-run spread is known, so no "
+            "difference below can be told from noise. Use --runs 3 or more.**",
+            "",
+        ]
     index = {(x["job"], x["backend"]): x for x in doc["summary"]}
     for job in doc["jobs"]:
         name = job["name"]
-        head = ["Metric", f"{base} (A)"]
+        head = ["Metric", f"{base} (A)", "Spread A"]
         for o in others:
             head += [
                 o["name"] + (" (peer)" if o["kind"] == "peer" else f" ({o['role']})"),
@@ -196,11 +223,15 @@ def report_markdown(doc: dict[str, Any]) -> str:
         for metric, (label, unit, _) in METRICS.items():
             row = [label + (f" ({unit})" if unit else "")]
             av = a["median"].get(metric) if a else None
-            row.append(_fmt(metric, av))
+            sp = spread(a, metric)
+            row += [_fmt(metric, av), "—" if sp is None else f"{sp * 100:.0f}%"]
             for o in others:
                 ov = index.get((name, o["name"]))
                 v = ov["median"].get(metric) if ov else None
-                row += [_fmt(metric, v), _ratio(v / av if v is not None and av else None)]
+                row += [
+                    _fmt(metric, v),
+                    _ratio(v / av if v is not None and av else None, within_noise(a, ov, metric)),
+                ]
             lines.append("| " + " | ".join(row) + " |")
         fractions = [
             f"{x['backend']} {x['memcpy_fraction'] * 100:.0f}%"
@@ -219,7 +250,7 @@ def report_markdown(doc: dict[str, Any]) -> str:
             lines.append(f"\nSkipped — {note}")
         for fail in failed:
             lines.append(f"\nFailed — {fail}")
-        lines += ["", f"![latency CDF](latency-cdf-{name}.png)", ""]
+        lines += ["", f"![latency tail](latency-cdf-{name}.png)", ""]
     lines += ["![IOPS](iops.png)", ""]
     return "\n".join(lines)
 
@@ -228,7 +259,8 @@ def report_markdown(doc: dict[str, Any]) -> str:
 
 
 def write_plots(plan: Plan, doc: dict[str, Any]) -> list[Path]:
-    """latency-cdf-<job>.png (median-IOPS run per backend) and iops.png."""
+    """latency-cdf-<job>.png (the tail, 1 - CDF, of the median-IOPS run per backend)
+    and iops.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,17 +274,21 @@ def write_plots(plan: Plan, doc: dict[str, Any]) -> list[Path]:
             if run is None:
                 continue
             cdf = run["loadgen"]["latency_us"]["cdf"]
+            # The tail is what matters: the fraction of requests slower than x, on
+            # a log axis, so p99 (1e-2) and p99.99 (1e-4) are as visible as the body.
+            tail = [(p[0], 1.0 - p[1]) for p in cdf if p[1] < 1.0]
             ax.step(
-                [p[0] for p in cdf],
-                [p[1] for p in cdf],
+                [p[0] for p in tail],
+                [p[1] for p in tail],
                 where="post",
                 label=who.name,
                 color=f"C{n}",
             )
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("latency (µs)")
-        ax.set_ylabel("fraction of requests")
-        ax.set_title(f"{job.name}: latency CDF (median-IOPS run)")
+        ax.set_ylabel("fraction of requests slower")
+        ax.set_title(f"{job.name}: latency tail, 1 - CDF (median-IOPS run)")
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
             ax.legend()

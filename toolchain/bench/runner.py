@@ -357,6 +357,11 @@ def run_bench(layout: Layout, config: BenchConfig, progress: Progress = print) -
     from .report import write_outputs
 
     plan = plan_bench(layout, config, progress)
+    if config.runs < 2:
+        progress(
+            "warning: one run per backend and job: the report cannot tell a difference "
+            "from noise (use --runs 3 or more)"
+        )
     started = time.time()
     try:
         memcpy = memcpy_bandwidth(plan.loadgen, plan.client_prefix)
@@ -367,4 +372,15 @@ def run_bench(layout: Layout, config: BenchConfig, progress: Progress = print) -
     finally:
         plan.image.unlink(missing_ok=True)
     write_outputs(plan, machine, memcpy, started)
+    if config.out_dir is None:  # build/bench/<timestamp>/: build/bench/latest follows it
+        point_latest(plan.out_dir)
     return plan.out_dir
+
+
+def point_latest(out: Path) -> None:
+    """<parent>/latest -> the newest run's folder (replaced atomically)."""
+    link = out.parent / "latest"
+    tmp = out.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.name)
+    os.replace(tmp, link)
