@@ -186,3 +186,13 @@ def test_every_model_and_backend_has_a_partial_with_its_macros(
     )
     for macro in wanted:
         assert f"{{% macro {macro}() %}}" in text, f"{member.partial} lacks {macro}()"
+
+
+@pytest.mark.parametrize("name", LAYOUT.spec_names())
+def test_section_banners_fit_one_line_in_every_output(name: str) -> None:
+    """A "/* ---- section ---- */" banner longer than 80 columns is broken by
+    clang-format into a lone " */" line: every banner closes on its own line."""
+    for path in sorted(LAYOUT.generated_for(name).glob("virtio_blk.[ch]")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith("/* ----"):
+                assert line.endswith("*/") and len(line) <= 80, f"{path.name}:{n}: {line}"

@@ -855,8 +855,7 @@ static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
     return taken;
 }
 
-/* ---- backend.io = io_uring ------------------------------------------------
- */
+/* ---- backend.io = io_uring ----------------------------------------------- */
 
 /* Map a new ring of at least entries entries into u, with raw system calls
  * (the board has no liburing). Returns 0 or -errno; u->fd stays -1 on error. */
@@ -1305,8 +1304,7 @@ static void blk_queue_quiesce(BlkQueue *q) {
     pthread_mutex_unlock(&q->mtx);
 }
 
-/* ---- Life cycle -----------------------------------------------------------
- */
+/* ---- Life cycle ---------------------------------------------------------- */
 
 static void virtio_blk_reset(VirtIODevice *vdev) {
     BlkDev *dev = vdev->dev;

@@ -902,8 +902,7 @@ static void blk_queue_quiesce(BlkQueue *q) {
     pthread_mutex_unlock(&q->parse_mtx);
 }
 
-/* ---- Life cycle -----------------------------------------------------------
- */
+/* ---- Life cycle ---------------------------------------------------------- */
 
 static void virtio_blk_reset(VirtIODevice *vdev) {
     BlkDev *dev = vdev->dev;
