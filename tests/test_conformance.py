@@ -382,7 +382,12 @@ def test_a_ring_area_misaligned_or_outside_ram_breaks_the_queue_and_tells_the_dr
     dev = connect()
     limits = limits_of(dev, dut)
     num = min(64, dut.spec.device.queue_size)
+    # The rings connect() set up stay the device's to write (used entries,
+    # flags, avail_event) until it learns of the new ones: a worker polling
+    # one of them (per-queue polls) writes there, near the new rings.
+    owned = [(q.used_gpa, q.used_gpa + 6 + 8 * q.size) for q in dev.queues]
     addr, may = _place_rings(dev, num, ring, where)
+    may = [*may, *owned]
     watch = MemoryWatch(dev.memory, [(a - 4096, a + 16 * num + 4096) for a in addr.values()])
     told = _set_up_ring_and_kick(dev, backend, num, addr)
     time.sleep(settle(dut))
