@@ -741,7 +741,7 @@ static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
         }
         if (r < 0)
             break; /* broken: the driver has been told */
-    } while (taken < budget && !blk_leaving(q) && !blk_notify_on_and_empty(q));
+    } while (taken < budget && !blk_notify_on_and_empty(q) && !blk_leaving(q));
     blk_irq(q, BLK_IRQ_BATCH_END);
     return taken;
 }
