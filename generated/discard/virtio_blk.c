@@ -954,16 +954,21 @@ static void virtio_blk_reset(VirtIODevice *vdev) {
         return;
     for (unsigned int i = 0; i < dev->nqueues; i++)
         blk_queue_quiesce(&dev->queues[i]);
-    /* hvisor-tool clears InterruptStatus (and on ARM64 forgets the line,
-     * deasserting it being a no-op there) before it calls this op, while a
-     * worker may still be ending a pass: an interrupt raised in between
-     * would outlive the reset, InterruptStatus reading non-zero on a reset
-     * device (virtio 1.2 4.2.2.1) and the line left "asserted", so the next
-     * interrupts merge into it. Nothing runs now: clear that again. */
+#ifndef LOONGARCH64
+    /* hvisor-tool's virtio_dev_reset() clears InterruptStatus and forgets
+     * the line before it calls this op, while a worker may still be ending a
+     * pass: an interrupt raised in between would outlive the reset
+     * (InterruptStatus non-zero on a reset device, virtio 1.2 4.2.2.1). The
+     * right place is the core's order; here, with nothing running any more,
+     * the device repeats that step, as the core does it where deasserting
+     * the line is a no-op. On LoongArch deasserting is a real call the
+     * device cannot make, so there the stale interrupt stays for the driver
+     * to acknowledge, as before. */
     pthread_mutex_lock(&vdev->interrupt_lock);
     vdev->regs.interrupt_status = 0;
     vdev->interrupt_line_asserted = false;
     pthread_mutex_unlock(&vdev->interrupt_lock);
+#endif
 }
 
 /* A queue's I/O state (sync), then its threads (worker-drain).
