@@ -33,7 +33,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <linux/fs.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
@@ -164,9 +163,10 @@ typedef struct blk_queue {
     pthread_mutex_t mtx;
     pthread_cond_t cond;
     bool stop;        /* under mtx: close() wants the worker gone */
+    bool quiesce;     /* atomic: reset in progress, leave the vq alone;
+                       * the next notify clears it */
     bool busy;        /* under mtx: the worker is handling requests */
     bool kicked;      /* under mtx: a notify arrived since the last pass */
-    bool quiesce;     /* under mtx: reset in progress, leave the vq alone */
     uint64_t poll_ns; /* worker: current polling budget */
     /* owner: requests in flight on the io_uring live in slots */
     struct blk_uring uring;
@@ -193,8 +193,13 @@ _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
 
 /* Reset or close wants the queue: finish what is started, take nothing new,
- * inject nothing (per-queue defines it). */
-static bool blk_leaving(BlkQueue *q);
+ * inject nothing. Without it a guest that never stops submitting would keep
+ * the queue's owner busy, and reset (on hvisor's main thread) waiting,
+ * forever. Any thread; reset sets quiesce, the next notify clears it. */
+static bool blk_leaving(BlkQueue *q) {
+    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
+           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
+}
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -773,24 +778,23 @@ static void blk_run(BlkQueue *q, struct blk_req *req) {
 
 /* No budget: a worker, not hvisor's main thread, drains (it still stops
  * early when reset or close wants the queue). */
-#define BLK_NO_BUDGET UINT_MAX
+#define BLK_NO_BUDGET UINT64_MAX
 /* What a request costs against a budget: one, and one more per this many
  * bytes of data, so that a budget bounds time, not only a count. A pass
  * always takes at least one request, whatever its size. */
 #define BLK_BUDGET_UNIT_BYTES (64u * 1024)
 
-static unsigned int blk_cost(const struct blk_req *req) {
-    const uint64_t units = 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
-    return units > UINT_MAX / 2 ? UINT_MAX / 2 : (unsigned int)units;
+static uint64_t blk_cost(const struct blk_req *req) {
+    return 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
 }
 
 /* Drain the ring: handle requests with notifications off until their cost
  * reaches budget, re-enable, and look once more; threading.irq decides the
  * interrupts. Runs on the queue's owner. Returns the cost taken; at the
  * budget, notifications stay off and the caller arranges the next pass. */
-static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
+static uint64_t blk_drain_sync(BlkQueue *q, uint64_t budget) {
     struct blk_req req;
-    unsigned int taken = 0; /* cost; saturates for BLK_NO_BUDGET */
+    uint64_t taken = 0;
     if (!blk_ring_usable(q))
         return 0;
     do {
@@ -799,8 +803,7 @@ static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
         while (taken < budget && !blk_leaving(q) &&
                (r = blk_pop(q, &req)) > 0) {
             blk_run(q, &req);
-            const unsigned int cost = blk_cost(&req);
-            taken = taken > UINT_MAX - cost ? UINT_MAX - 1 : taken + cost;
+            taken += blk_cost(&req);
         }
         if (r < 0)
             break; /* broken: the driver has been told */
@@ -1010,9 +1013,8 @@ static unsigned int blk_uring_reap(BlkQueue *q) {
 }
 
 /* Prepare a request and start its I/O on the ring; one without I/O to wait
- * for, or that the ring cannot take, is completed at once. Returns true when
- * it completed at once. */
-static bool blk_uring_start(BlkQueue *q, struct blk_slot *s) {
+ * for, or that the ring cannot take, is completed at once. */
+static void blk_uring_start(BlkQueue *q, struct blk_slot *s) {
     struct blk_req *req = &s->req;
     const int fd = q->dev->img_fd;
     const uint64_t slot = (uint64_t)(s - q->slots);
@@ -1046,13 +1048,12 @@ static bool blk_uring_start(BlkQueue *q, struct blk_slot *s) {
     if (queued) {
         q->inflight++;
         q->inflight_bytes += req->data_len;
-        return false;
+        return;
     }
     if (s->op != BLK_OP_NONE)
         status = blk_io_sync(q, req, s->op, &written);
     blk_complete(q, req, status, written);
     blk_slot_release(q, s);
-    return true;
 }
 
 /* Take back the SQEs not yet submitted (the kernel has not seen them: no
@@ -1089,9 +1090,9 @@ static void blk_uring_nap(void) {
 /* The io_uring drain: keep the queue's requests in flight, reap completions
  * in batches, and sleep in the kernel only when waiting for I/O is all that
  * is left. Falls back to blk_drain_sync() when the ring is unavailable. */
-static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
+static uint64_t blk_drain(BlkQueue *q, uint64_t budget) {
     struct blk_uring *u = &q->uring;
-    unsigned int taken = 0;
+    uint64_t taken = 0; /* cost, as blk_drain_sync() counts it */
     bool broken = false;
     if (u->fd < 0 || (u->failed && q->inflight == 0))
         return blk_drain_sync(q, budget);
@@ -1111,7 +1112,7 @@ static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
                 break;
             }
             popped = true;
-            taken++;
+            taken += blk_cost(&s->req);
             blk_uring_start(q, s);
         }
         if (u->failed) {
@@ -1126,11 +1127,8 @@ static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
         if (q->inflight == 0 && u->pending == 0) {
             if (broken || taken >= budget)
                 break; /* broken: the driver has been told */
-            if (u->failed) {
-                const unsigned int rest = blk_drain_sync(q, budget - taken);
-                return rest > UINT_MAX - 1 - taken ? UINT_MAX - 1
-                                                   : taken + rest;
-            }
+            if (u->failed)
+                return taken + blk_drain_sync(q, budget - taken);
             if (blk_notify_on_and_empty(q) || blk_leaving(q))
                 break;
         }
@@ -1139,14 +1137,6 @@ static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
 }
 
 /* ---- per-queue: a worker owns the virtqueue and drains it ---- */
-
-/* Reset or close wants the queue: finish what is started, take nothing new.
- * Without this a guest that never stops submitting would keep the worker
- * busy, and reset (on hvisor's main thread) waiting, forever. */
-static bool blk_leaving(BlkQueue *q) {
-    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
-           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
-}
 
 /* threading.poll_us: before sleeping, watch the avail ring for up to
  * poll_ns with notifications off (a kick costs the guest a VM exit). The

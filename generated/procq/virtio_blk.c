@@ -30,7 +30,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -126,8 +125,10 @@ typedef struct blk_queue {
     bool thread_started; /* main thread */
     pthread_mutex_t mtx;
     pthread_cond_t cond;
-    bool stop; /* under mtx: close() wants the worker gone */
-    bool busy; /* under mtx: the worker is handling requests */
+    bool stop;    /* under mtx: close() wants the worker gone */
+    bool quiesce; /* atomic: reset in progress, leave the vq alone;
+                   * the next notify clears it */
+    bool busy;    /* under mtx: the worker is handling requests */
     /* The request FIFO between the main thread (producer) and the worker
      * (consumer): a ring of pointers into pool, under mtx. The pool has one
      * slot per ring entry, so no allocation happens per request. */
@@ -141,7 +142,6 @@ typedef struct blk_queue {
      * ring holding more than one budget, the worker. */
     pthread_mutex_t parse_mtx;
     bool backlog; /* under mtx: a parse pass stopped at its budget */
-    bool quiesce; /* atomic: reset in progress, leave the vq alone */
 } BlkQueue;
 
 struct virtio_blk_dev {
@@ -160,8 +160,13 @@ _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
 
 /* Reset or close wants the queue: finish what is started, take nothing new,
- * inject nothing (procq defines it). */
-static bool blk_leaving(BlkQueue *q);
+ * inject nothing. Without it a guest that never stops submitting would keep
+ * the queue's owner busy, and reset (on hvisor's main thread) waiting,
+ * forever. Any thread; reset sets quiesce, the next notify clears it. */
+static bool blk_leaving(BlkQueue *q) {
+    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
+           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
+}
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -737,12 +742,6 @@ static void blk_fifo_push(BlkQueue *q, struct blk_req *req) {
  * every zone waits while it works. A ring holding more is parsed on by the
  * worker when its FIFO runs dry, without the guest having to kick again. */
 #define BLK_MAIN_BUDGET 64u
-
-/* Reset or close wants the queue: parse nothing more, run nothing more. */
-static bool blk_leaving(BlkQueue *q) {
-    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
-           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
-}
 
 /* Parse up to a budget of available chains, as hvisor-tool did before PR
  * #95 but bounded: the batch (notifications off, parse, on, look again) into

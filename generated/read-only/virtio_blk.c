@@ -30,7 +30,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -127,9 +126,10 @@ typedef struct blk_queue {
     pthread_mutex_t mtx;
     pthread_cond_t cond;
     bool stop;    /* under mtx: close() wants the worker gone */
+    bool quiesce; /* atomic: reset in progress, leave the vq alone;
+                   * the next notify clears it */
     bool busy;    /* under mtx: the worker is handling requests */
     bool kicked;  /* under mtx: a notify arrived since the last pass */
-    bool quiesce; /* under mtx: reset in progress, leave the vq alone */
 } BlkQueue;
 
 struct virtio_blk_dev {
@@ -148,8 +148,13 @@ _Static_assert(offsetof(BlkDev, config) == 0,
                "hvisor reads config space from the start of vdev->dev");
 
 /* Reset or close wants the queue: finish what is started, take nothing new,
- * inject nothing (worker-drain defines it). */
-static bool blk_leaving(BlkQueue *q);
+ * inject nothing. Without it a guest that never stops submitting would keep
+ * the queue's owner busy, and reset (on hvisor's main thread) waiting,
+ * forever. Any thread; reset sets quiesce, the next notify clears it. */
+static bool blk_leaving(BlkQueue *q) {
+    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
+           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
+}
 
 /* ---- Guest memory ------------------------------------------------------ */
 
@@ -682,24 +687,23 @@ static void blk_run(BlkQueue *q, struct blk_req *req) {
 
 /* No budget: a worker, not hvisor's main thread, drains (it still stops
  * early when reset or close wants the queue). */
-#define BLK_NO_BUDGET UINT_MAX
+#define BLK_NO_BUDGET UINT64_MAX
 /* What a request costs against a budget: one, and one more per this many
  * bytes of data, so that a budget bounds time, not only a count. A pass
  * always takes at least one request, whatever its size. */
 #define BLK_BUDGET_UNIT_BYTES (64u * 1024)
 
-static unsigned int blk_cost(const struct blk_req *req) {
-    const uint64_t units = 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
-    return units > UINT_MAX / 2 ? UINT_MAX / 2 : (unsigned int)units;
+static uint64_t blk_cost(const struct blk_req *req) {
+    return 1 + req->data_len / BLK_BUDGET_UNIT_BYTES;
 }
 
 /* Drain the ring: handle requests with notifications off until their cost
  * reaches budget, re-enable, and look once more; threading.irq decides the
  * interrupts. Runs on the queue's owner. Returns the cost taken; at the
  * budget, notifications stay off and the caller arranges the next pass. */
-static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
+static uint64_t blk_drain_sync(BlkQueue *q, uint64_t budget) {
     struct blk_req req;
-    unsigned int taken = 0; /* cost; saturates for BLK_NO_BUDGET */
+    uint64_t taken = 0;
     if (!blk_ring_usable(q))
         return 0;
     do {
@@ -708,8 +712,7 @@ static unsigned int blk_drain_sync(BlkQueue *q, unsigned int budget) {
         while (taken < budget && !blk_leaving(q) &&
                (r = blk_pop(q, &req)) > 0) {
             blk_run(q, &req);
-            const unsigned int cost = blk_cost(&req);
-            taken = taken > UINT_MAX - cost ? UINT_MAX - 1 : taken + cost;
+            taken += blk_cost(&req);
         }
         if (r < 0)
             break; /* broken: the driver has been told */
@@ -728,19 +731,11 @@ static int blk_io_setup(BlkQueue *q) {
 
 static void blk_io_teardown(BlkQueue *q) { (void)q; }
 
-static unsigned int blk_drain(BlkQueue *q, unsigned int budget) {
+static uint64_t blk_drain(BlkQueue *q, uint64_t budget) {
     return blk_drain_sync(q, budget);
 }
 
 /* ---- worker-drain: a worker owns the virtqueue and drains it ---- */
-
-/* Reset or close wants the queue: finish what is started, take nothing new.
- * Without this a guest that never stops submitting would keep the worker
- * busy, and reset (on hvisor's main thread) waiting, forever. */
-static bool blk_leaving(BlkQueue *q) {
-    return __atomic_load_n(&q->quiesce, __ATOMIC_RELAXED) ||
-           __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
-}
 
 static void *blk_worker(void *arg) {
     BlkQueue *q = arg;
