@@ -25,6 +25,7 @@
 #define _GNU_SOURCE
 #include "hvisor_dev.h"
 #include "log.h"
+#include "rt_clock.h"
 #include "runtime.h"
 #include "virtio.h"
 
@@ -381,18 +382,21 @@ static void finish_cfg_req(uint64_t cpu, uint64_t value) {
     write_barrier();
 }
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+static void note_longest(int64_t *longest, int64_t ns) {
+    if (ns > *longest)
+        *longest = ns;
 }
 
-static int64_t thread_cpu_ns(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+/* A QueueNotify for the queue whose used ring is used (NULL: none, or not a
+ * notify) starts: count what the main thread completes in it. Only a ring
+ * aligned as virtio requires: an atomic load from a misaligned one faults on
+ * AArch64, and the device refuses such a ring anyway (the measurement must
+ * not be what a guest crashes). */
+static void stall_begin(volatile VirtqUsed *used) {
+    g_stall.used = used != NULL && ((uintptr_t)used & 3) == 0 ? used : NULL;
+    if (g_stall.used != NULL)
+        g_stall.used_before =
+            __atomic_load_n(&g_stall.used->idx, __ATOMIC_ACQUIRE);
 }
 
 static void handle_req(volatile struct hvdev_req *slot) {
@@ -419,41 +423,27 @@ static void handle_req(volatile struct hvdev_req *slot) {
     }
     const uint64_t off = req.address - g_devs[i]->base_addr;
     const bool notify = req.is_write && off == VIRTIO_MMIO_QUEUE_NOTIFY;
-    g_stall.used = NULL;
-    /* Only a used ring aligned as virtio requires: an atomic load from a
-     * misaligned one faults on AArch64, and the device refuses such a ring
-     * anyway (the measurement must not be what a guest crashes). */
-    if (notify && req.value < g_devs[i]->vqs_len &&
-        (g_stall.used = g_devs[i]->vqs[req.value].used_ring) != NULL &&
-        ((uintptr_t)g_stall.used & 3) != 0)
-        g_stall.used = NULL;
-    if (g_stall.used != NULL) {
-        g_stall.used_before =
-            __atomic_load_n(&g_stall.used->idx, __ATOMIC_ACQUIRE);
-    }
     const bool status = req.is_write && off == VIRTIO_MMIO_STATUS;
-    const int64_t cpu_start = notify || status ? thread_cpu_ns() : 0;
-    const int64_t start = now_ns();
+    stall_begin(notify && req.value < g_devs[i]->vqs_len
+                    ? g_devs[i]->vqs[req.value].used_ring
+                    : NULL);
+    const int64_t cpu_start =
+        notify || status ? rt_clock_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
+    const int64_t start = rt_clock_ns(CLOCK_MONOTONIC);
     if (req.is_write)
         mmio_write(g_devs[i], off, req.value, req.size);
     else
         value = mmio_read(g_devs[i], off, req.size);
-    const int64_t took = now_ns() - start;
-    const int64_t cpu = notify || status ? thread_cpu_ns() - cpu_start : 0;
+    const int64_t took = rt_clock_ns(CLOCK_MONOTONIC) - start;
     g_stall.used = NULL;
     g_stall.accesses++;
-    if (notify) {
-        if (took > g_stall.notify_ns)
-            g_stall.notify_ns = took;
-        if (cpu > g_stall.notify_cpu_ns)
-            g_stall.notify_cpu_ns = cpu;
-    } else if (status) {
-        if (took > g_stall.status_ns)
-            g_stall.status_ns = took;
-        if (cpu > g_stall.status_cpu_ns)
-            g_stall.status_cpu_ns = cpu;
-    } else if (took > g_stall.other_ns) {
-        g_stall.other_ns = took;
+    if (notify || status) {
+        const int64_t cpu = rt_clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu_start;
+        note_longest(notify ? &g_stall.notify_ns : &g_stall.status_ns, took);
+        note_longest(notify ? &g_stall.notify_cpu_ns : &g_stall.status_cpu_ns,
+                     cpu);
+    } else {
+        note_longest(&g_stall.other_ns, took);
     }
     if (!req.need_interrupt)
         finish_cfg_req(req.src_cpu, value);
@@ -479,8 +469,8 @@ static void consume_requests(void) {
             continue;
         }
         if (idle_since == 0)
-            idle_since = now_ns();
-        if (now_ns() - idle_since < HV_POLL_NS)
+            idle_since = rt_clock_ns(CLOCK_MONOTONIC);
+        if (rt_clock_ns(CLOCK_MONOTONIC) - idle_since < HV_POLL_NS)
             continue;
         __atomic_store_n(&b->need_wakeup, 1, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -3,6 +3,7 @@
  * can trigger at will (a register write, a bad ring), and a daemon's log is
  * no place for a guest to fill. */
 #include "log.h"
+#include "rt_clock.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -11,7 +12,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Per call site: at most LOG_BURST lines per LOG_WINDOW_NS; the rest are
@@ -53,13 +53,6 @@ static const char *level_name(int level) {
     }
 }
 
-static int64_t mono_ns(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void write_line(const char *buf, size_t len) {
     /* A single write keeps concurrent lines from mixing. */
     if (write(STDERR_FILENO, buf, len) < 0) {
@@ -69,7 +62,7 @@ static void write_line(const char *buf, size_t len) {
 
 /* Whether this site may log now; *dropped: lines suppressed before it. */
 static bool site_allows(const char *file, int line, unsigned long *dropped) {
-    const int64_t now = mono_ns();
+    const int64_t now = rt_clock_ns(CLOCK_MONOTONIC);
     struct log_site *site = NULL;
     bool allow = true;
     unsigned int i;

@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include "log.h"
+#include "rt_clock.h"
 #include "runtime.h"
 #include "virtio.h"
 
@@ -40,7 +41,6 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Provided by the device pair (virtio_blk.c). */
@@ -530,13 +530,6 @@ static void close_msg_fds(struct vu_msg *m) {
     m->nfds = 0;
 }
 
-static int64_t mono_ns(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* The rest of a message, by deadline_ns: a message that has started has one
  * deadline for the whole of it, so a frontend trickling bytes cannot hold
  * the main thread longer than that (SO_RCVTIMEO bounds each recv only). */
@@ -544,7 +537,7 @@ static int read_full(int fd, void *buf, size_t len, int64_t deadline_ns) {
     char *p = buf;
 
     while (len > 0) {
-        const int64_t left_ns = deadline_ns - mono_ns();
+        const int64_t left_ns = deadline_ns - rt_clock_ns(CLOCK_MONOTONIC);
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int ready;
 
@@ -603,7 +596,8 @@ static int read_msg(int fd, struct vu_msg *m) {
         log_error("receive failed: %s", strerror(errno));
         return -1;
     }
-    deadline = mono_ns() + (int64_t)VU_IO_TIMEOUT_SEC * 1000000000;
+    deadline =
+        rt_clock_ns(CLOCK_MONOTONIC) + (int64_t)VU_IO_TIMEOUT_SEC * 1000000000;
     for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
         size_t cnt, i;
 

@@ -175,14 +175,14 @@ void update_used_ring_batch(VirtQueue *vq, const uint16_t *indices,
     write_barrier();
 }
 
+void (*rt_inject_hook)(VirtQueue *vq); /* runtime.h */
+
 /*
  * As hvisor-tool HEAD: last_used_idx follows the guest's used->idx, and the
  * suppression state is loaded right after it with no full barrier (the
  * store of used->idx by update_used_ring may still be in flight: a device
  * issues rw_barrier() itself before calling this).
  */
-void (*rt_inject_hook)(VirtQueue *vq);
-
 void virtio_inject_irq(VirtQueue *vq) {
     volatile VirtqUsed *used = vq->used_ring;
     volatile VirtqAvail *avail = vq->avail_ring;
