@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -20,6 +21,7 @@ from invoke import Collection, Context, Exit, task
 from toolchain import board, flash, hvisor, project
 from toolchain import fuzz as fuzzing
 from toolchain import mutants as mutation
+from toolchain.bench.stall import StallConfig, run_stall
 from toolchain.bridge import differential
 from toolchain.build import BuildError
 from toolchain.junit import totals, totals_of
@@ -612,32 +614,33 @@ def e2e(
         raise _fail("e2e failed (see Failures above)")
 
 
+_STALL = StallConfig()  # the defaults, stated once
+
+
 @task(
     help={
-        "spec": "spec to measure (repeatable; default inline, procq, virtio-blk, per-queue)",
-        "target": "host (default) or rk3588 (under qemu-aarch64)",
-        "rounds": "rounds; each runs every spec once, in turn (default 3)",
-        "seconds": "seconds of full-ring load per run (default 3)",
-        "resets": "resets (STATUS = 0) with the ring full, per run (default 5)",
-        "request-kib": "size of each request, a multiple of 64 KiB (default 1024)",
+        "spec": f"spec to measure (repeatable; default {', '.join(_STALL.specs)})",
+        "target": f"host or rk3588 (under qemu-aarch64); default {_STALL.target}",
+        "rounds": f"rounds; each runs every spec once, in turn (default {_STALL.rounds})",
+        "seconds": f"seconds of full-ring load per run (default {_STALL.seconds:g})",
+        "resets": f"resets (STATUS = 0) with the ring full, per run (default {_STALL.resets})",
+        "request-kib": f"size of each request, a multiple of 64 KiB (default {_STALL.request_kib})",
     },
     iterable=["spec"],
 )
 def stall(
     c: Context,
     spec: list[str] | None = None,
-    target: str = "host",
-    rounds: int = 3,
-    seconds: float = 3.0,
-    resets: int = 5,
-    request_kib: int = 1024,
+    target: str = _STALL.target,
+    rounds: int = _STALL.rounds,
+    seconds: float = _STALL.seconds,
+    resets: int = _STALL.resets,
+    request_kib: int = _STALL.request_kib,
 ) -> None:
     """How long one guest access holds hvisor's main thread, per spec; build/stall/<timestamp>/."""
-    from toolchain.bench.stall import StallConfig, run_stall
-
-    defaults = StallConfig()
-    config = StallConfig(
-        specs=tuple(spec) if spec else defaults.specs,
+    config = replace(
+        _STALL,
+        specs=tuple(spec) if spec else _STALL.specs,
         target=target,
         rounds=rounds,
         seconds=seconds,

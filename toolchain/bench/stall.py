@@ -152,25 +152,23 @@ def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: Sta
     )  # fmt: skip
     backend.start()
     backend.attach(dev)
-    requests = resets = 0
+    requests = 0
     try:
-        want = in_flight
         sector = 0
         deadline = time.monotonic() + cfg.seconds
         while time.monotonic() < deadline:
-            sector = _fill(dev, want, sector, sectors, segments)
+            sector = _fill(dev, in_flight, sector, sectors, segments)
             done = dev.complete(count=1)
             requests += len(done)
             if any(c.status != VIRTIO_BLK_S_OK for c in done):
                 raise RuntimeError(f"{spec_name}: a read failed: {done[0]}")
         dev.complete()
         for _ in range(cfg.resets):
-            _fill(dev, want, sector, sectors, segments)
+            _fill(dev, in_flight, sector, sectors, segments)
             transport = dev.transport
             assert isinstance(transport, MmioTransport)
             transport.set_status(0)  # with the ring full
             dev.reconnect()
-            resets += 1
     finally:
         dev.close()
         code = backend.stop()
@@ -178,7 +176,7 @@ def run_one(layout: Layout, spec_name: str, target_name: str, rnd: int, cfg: Sta
     if code != 0 or figures is None:
         raise RuntimeError(f"{spec_name}: the runtime exited {code}; see {backend.log_path}")
     backend.cleanup()
-    return StallRun(spec_name, rnd, in_flight, requests, resets, **figures)
+    return StallRun(spec_name, rnd, in_flight, requests, cfg.resets, **figures)
 
 
 def _us(ns: Sequence[int]) -> str:
