@@ -122,6 +122,13 @@ def assert_device_works(dev: BlkDevice, shadow: ShadowDisk) -> None:
     assert check_device_works(dev, Limits.of(dev), shadow) == []
 
 
+def assert_next_frontend_served(dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk) -> None:
+    """After a frontend was dropped: a new one is served."""
+    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
+        backend.attach(dev)
+        assert_device_works(dev, shadow)
+
+
 def assert_told_and_recovers(dev: BlkDevice, backend: Backend, shadow: ShadowDisk) -> None:
     """The device said it needs a reset (virtio 1.2 2.1.2), lives, and works after one."""
     assert dev.wait_needs_reset() is not None, "the device never said it needs a reset"
@@ -805,9 +812,7 @@ def test_a_message_trickled_byte_by_byte_is_cut_off_at_one_deadline_for_the_whol
     assert took < 7.5, f"the frontend was dropped only after {took:.1f}s"
     assert backend.alive()
     assert "not complete within 5 s" in backend.log_text()
-    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
-        backend.attach(dev)
-        assert_device_works(dev, shadow)
+    assert_next_frontend_served(dut, backend, shadow)
 
 
 @pytest.mark.vhost_user_only("the frontend's memory files belong to vhost-user")
@@ -836,9 +841,7 @@ def test_a_frontend_shrinking_its_memory_file_under_the_device_is_dropped_not_fa
     with contextlib.suppress(OSError, VhostUserError):  # the backend hung up first
         dev.disconnect()
     mem.close()
-    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as fresh:
-        backend.attach(fresh)
-        assert_device_works(fresh, shadow)
+    assert_next_frontend_served(dut, backend, shadow)
 
 
 @pytest.mark.parametrize("num", [0, 3, 100, "max*2", 0x8000_0000])
@@ -856,9 +859,7 @@ def test_invalid_ring_size_drops_the_connection_and_the_backend_serves_the_next(
         with pytest.raises(VhostUserError):
             fe.get_features()
     assert backend.alive()
-    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
-        backend.attach(dev)
-        assert_device_works(dev, shadow)
+    assert_next_frontend_served(dut, backend, shadow)
 
 
 @pytest.mark.vhost_user_only("SET_MEM_TABLE belongs to the vhost-user runtime")
@@ -878,9 +879,7 @@ def test_a_memory_region_larger_than_its_file_drops_the_connection(
     finally:
         mem.close()
     assert backend.alive()
-    with BlkDevice(timeout=dut.timeout, queue_size=dut.spec.device.queue_size) as dev:
-        backend.attach(dev)
-        assert_device_works(dev, shadow)
+    assert_next_frontend_served(dut, backend, shadow)
 
 
 # ---- reset and disconnect under load -------------------------------------------------------------
