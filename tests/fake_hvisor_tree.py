@@ -136,6 +136,7 @@ def make_fake_tree(root: Path) -> Path:
         "tools/virtio/include/virtio.h": "virtio.h",
         "tools/include/log.h": "log.h",
         "tools/log.c": "log.c",
+        "tools/include/rt_clock.h": "rt_clock.h",
         "cJSON/cJSON.h": "cJSON.h",
         "cJSON/cJSON.c": "cjson_min.c",
     }
