@@ -22,6 +22,7 @@ target) and ``long`` (HYPOTHESIS_PROFILE=long, thousands).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,11 +483,28 @@ def test_random_avail_index_jumps_are_served_until_an_untrusted_entry(
             broken = True
             break
         served.append(heads[k])
+    # vhost-user: the backend drops a frontend whose ring it cannot trust,
+    # which is a device reset, and a reset discards the requests not yet
+    # started (virtio 1.2 2.4). procq has parsed the entries before the
+    # untrusted one ahead of its worker, so some of them may never complete;
+    # none past it may.
+    lossy = broken and dut.transport == "vhost-user" and dut.spec.body.threading.model == "procq"
     try:
-        out = raw.post({}, [], avail_idx=start + jump, expect=len(served), settle=settle)
+        out = raw.post(
+            {},
+            [],
+            avail_idx=start + jump,
+            expect=0 if lossy else len(served),
+            settle=settle,
+            until=dev.needs_reset if lossy else None,
+        )
         allowed = [(d.gpa, d.gpa + 512), (s.gpa, s.gpa + 1)]
         assert out.unexpected(allowed) == []
-        assert sorted(u.id for u in out.used) == sorted(served)  # any completion order
+        got = sorted(u.id for u in out.used)  # any completion order
+        if lossy:
+            assert Counter(got) <= Counter(served), f"completed {got}, only {served} may"
+        else:
+            assert got == sorted(served)
         for u in out.used:
             # 0: the read; 1: no readable byte, IOERR through the status behind 512
             # unwritten bytes (len 0, 2.7.8); 2: the status alone (len 1); anything

@@ -900,16 +900,26 @@ static int virtio_blk_notify_handler(VirtIODevice *vdev, VirtQueue *vq) {
 }
 
 /* Reset (hvisor: STATUS = 0; vhost-user: GET_VRING_BASE), on the main
- * thread, before the rings go: stop parsing, then let the worker finish what
- * was parsed (at most one budget-sized batch per pass, the FIFO at most a
- * ring), so no completion lands on a ring after it was torn down and every
- * request taken is answered. blk_irq() injects nothing while quiescing. */
+ * thread, before the rings go: stop parsing, let the worker finish the
+ * request in hand (at most one), and give the parsed requests not started
+ * back to the ring. They are the newest chains taken (the FIFO keeps parse
+ * order and the worker takes from its head), so stepping last_avail_idx
+ * back over them leaves them for the ring's next user: a reset never waits
+ * for a ring's worth of I/O, and a stopped vhost-user ring resumes at a base
+ * its frontend replays from. blk_irq() injects nothing while quiescing. */
 static void blk_queue_quiesce(BlkQueue *q) {
     __atomic_store_n(&q->quiesce, true, __ATOMIC_RELAXED);
     pthread_mutex_lock(&q->parse_mtx); /* a parse pass under way ends */
     pthread_mutex_lock(&q->mtx);
     q->backlog = false;
-    while (q->busy || q->fifo_len != 0)
+    const unsigned int untouched = q->fifo_len;
+    while (q->fifo_len != 0) {
+        q->free_slots[q->nfree++] = q->fifo[q->fifo_head];
+        q->fifo_head = (q->fifo_head + 1) % VIRTQUEUE_BLK_MAX_SIZE;
+        q->fifo_len--;
+    }
+    q->vq->last_avail_idx = (uint16_t)(q->vq->last_avail_idx - untouched);
+    while (q->busy)
         pthread_cond_wait(&q->cond, &q->mtx);
     blk_ring_forget(q);
     pthread_mutex_unlock(&q->mtx);
