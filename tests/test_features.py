@@ -203,6 +203,11 @@ def test_irq_policy_one_interrupt_per_batch_or_per_request(
     model = dut.spec.threading.model
     if dut.spec.threading.irq.per_request:
         assert got == 32
+    elif dut.spec.threading.irq.adaptive:
+        # At least the one that ends the batch; one per completion at most
+        # when every completion is older than irq_delay_us (an emulated
+        # target's reads are that slow).
+        assert 1 <= got <= 32
     elif model.worker_drains:
         # One kick, one drain pass; a pass already under way when the batch
         # was published (the backend pokes new rings) may take part of it.

@@ -201,6 +201,13 @@ static bool blk_leaving(BlkQueue *q) {
            __atomic_load_n(&q->stop, __ATOMIC_RELAXED);
 }
 
+/* A monotonic clock, for threading.poll_us and threading.irq = adaptive. */
+static uint64_t blk_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* ---- Guest memory ------------------------------------------------------ */
 
 /* Map [gpa, gpa + len) to one contiguous host range, or NULL. hvisor's
@@ -1144,12 +1151,6 @@ static uint64_t blk_drain(BlkQueue *q, uint64_t budget) {
  * and grows when the worker is woken soon after it went to sleep. */
 #define BLK_POLL_MAX_NS (50ull * 1000)
 #define BLK_POLL_MIN_NS 1000ull
-
-static uint64_t blk_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void blk_cpu_relax(void) {
 #if defined(__aarch64__)

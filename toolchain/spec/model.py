@@ -161,11 +161,25 @@ class IrqPolicy(StrEnum):
 
     PER_BATCH = "per-batch"
     PER_REQUEST = "per-request"
+    ADAPTIVE = "adaptive"
 
     @property
     def per_request(self) -> bool:
         """Interrupt after every completed request."""
-        return {IrqPolicy.PER_BATCH: False, IrqPolicy.PER_REQUEST: True}[self]
+        return {
+            IrqPolicy.PER_BATCH: False,
+            IrqPolicy.PER_REQUEST: True,
+            IrqPolicy.ADAPTIVE: False,
+        }[self]
+
+    @property
+    def adaptive(self) -> bool:
+        """Interrupt at the end of a batch, or sooner when completions pile up or age."""
+        return {
+            IrqPolicy.PER_BATCH: False,
+            IrqPolicy.PER_REQUEST: False,
+            IrqPolicy.ADAPTIVE: True,
+        }[self]
 
 
 @dataclass(frozen=True)
@@ -393,8 +407,29 @@ class Threading(_Section):
     ] = ThreadingModel.WORKER_DRAIN
     irq: Annotated[
         IrqPolicy,
-        Field(description="Interrupt once per drained batch, or after every request."),
+        Field(
+            description="Interrupt once per drained batch, after every request, or "
+            "adaptive: at the end of a batch and as soon as irq_pending completions wait "
+            "or the oldest has waited irq_delay_us."
+        ),
     ] = IrqPolicy.PER_BATCH
+    irq_pending: Annotated[
+        StrictInt,
+        Field(
+            ge=1,
+            le=1024,
+            description="irq: adaptive: interrupt once this many completions wait for one.",
+        ),
+    ] = 16
+    irq_delay_us: Annotated[
+        StrictInt,
+        Field(
+            ge=0,
+            le=100_000,
+            description="irq: adaptive: interrupt once the oldest completion not yet "
+            "signalled is this many microseconds old (checked at each completion).",
+        ),
+    ] = 50
     poll_us: Annotated[
         StrictInt,
         Field(

@@ -118,6 +118,14 @@ def _polling_needs_a_draining_worker(spec: SpecBody) -> Iterator[Finding]:
         )
 
 
+def _irq_tuning_needs_adaptive(spec: SpecBody) -> Iterator[Finding]:
+    t = spec.threading
+    if not t.irq.adaptive:
+        for key in ("irq_pending", "irq_delay_us"):
+            if key in t.model_fields_set:
+                yield (("threading", key), f"only with irq: adaptive, not '{t.irq.value}'")
+
+
 def _affinity_needs_workers(spec: SpecBody) -> Iterator[Finding]:
     t = spec.threading
     if t.affinity and not t.model.has_worker:
@@ -175,6 +183,7 @@ RULES: tuple[Rule, ...] = (
     _read_only_cannot_modify,
     _config_wce_cannot_work_on_hvisor,
     _polling_needs_a_draining_worker,
+    _irq_tuning_needs_adaptive,
     _affinity_needs_workers,
     _io_uring_needs_a_draining_worker,
     _direct_io_needs_announced_block_size,
