@@ -106,6 +106,39 @@ def test_dir_deploy_keeps_prev_and_writes_manifest(tmp_path: Path) -> None:
     assert "matches the manifest" in flash.format_status(st)
 
 
+def test_dir_redeploying_the_same_binary_keeps_the_real_prev(tmp_path: Path) -> None:
+    """Deploying the bytes already there leaves .prev (and the manifest's previous) alone."""
+    site = dir_site(tmp_path / "hvisor")
+    one, two = blob(tmp_path, "one", 3000, 21), blob(tmp_path, "two", 4000, 22)
+    flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+
+    again = flash.deploy(site, artifact(two), say=quiet)
+    assert again is not None and again.redeployed
+    assert (tmp_path / "hvisor").read_bytes() == two.read_bytes()
+    assert (tmp_path / "hvisor.prev").read_bytes() == one.read_bytes()
+    manifest = json.loads((tmp_path / "hvisor.manifest.json").read_text())
+    assert manifest["sha256"] == sha256_file(two)
+    assert manifest["previous_sha256"] == sha256_file(one)
+    st = flash.status(site)
+    assert st.matches and st.prev_sha256 == sha256_file(one)
+
+
+def test_dir_redeploy_with_failing_restart_keeps_binary_prev_and_manifest(tmp_path: Path) -> None:
+    """A redeployment whose restart fails puts the manifest back; binary and .prev stay."""
+    site = dir_site(tmp_path / "hvisor")
+    one, two = blob(tmp_path, "one", 3000, 23), blob(tmp_path, "two", 4000, 24)
+    flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+    manifest = (tmp_path / "hvisor.manifest.json").read_bytes()
+
+    with pytest.raises(flash.FlashError, match=r"restart command failed \(exit 5\)"):
+        flash.deploy(site, artifact(two, "procq"), restart="exit 5", say=quiet)
+    assert (tmp_path / "hvisor").read_bytes() == two.read_bytes()
+    assert (tmp_path / "hvisor.prev").read_bytes() == one.read_bytes()
+    assert (tmp_path / "hvisor.manifest.json").read_bytes() == manifest
+
+
 def test_dir_status_detects_changed_binary(tmp_path: Path) -> None:
     """--status notices a binary that is no longer what was deployed."""
     site = dir_site(tmp_path / "hvisor")
@@ -336,6 +369,11 @@ def test_image_deploy_rollback_status(tmp_path: Path) -> None:
     fsck_clean(image)
     assert image_file(image, "/usr/local/bin/hvisor", tmp_path) == two.read_bytes()
     assert image_file(image, "/usr/local/bin/hvisor.prev", tmp_path) == one.read_bytes()
+    # Deploying the same bytes again leaves .prev holding the real previous binary.
+    flash.deploy(site, artifact(two), say=quiet)
+    fsck_clean(image)
+    assert image_file(image, "/usr/local/bin/hvisor", tmp_path) == two.read_bytes()
+    assert image_file(image, "/usr/local/bin/hvisor.prev", tmp_path) == one.read_bytes()
     assert image_file(image, "/usr/local/bin/.hvisor.blkgen-tmp", tmp_path) is None
     stat = subprocess.run(
         [DEBUGFS, "-R", "stat /usr/local/bin/hvisor", str(image)],
@@ -504,6 +542,26 @@ def test_ssh_deploy_status_and_rollback(sshd: SshServer, tmp_path: Path) -> None
     assert final.read_bytes() == two.read_bytes()
     assert json.loads((board / "hvisor.manifest.json").read_text()) == manifest
     assert flash.status(site).matches
+
+
+def test_ssh_redeploying_the_same_binary_keeps_the_real_prev(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """Over ssh, deploying the bytes already there leaves .prev holding the real previous."""
+    final = tmp_path / "hvisor"
+    site = ssh_site(sshd, final)
+    one, two = blob(tmp_path, "one", 5000, 25), blob(tmp_path, "two", 6000, 26)
+    flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+
+    again = flash.deploy(site, artifact(two), say=quiet)
+    assert again is not None and again.redeployed
+    assert final.read_bytes() == two.read_bytes()
+    assert final.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "hvisor.prev").read_bytes() == one.read_bytes()
+    manifest = json.loads((tmp_path / "hvisor.manifest.json").read_text())
+    assert manifest["previous_sha256"] == sha256_file(one)
+    assert not (tmp_path / ".hvisor.blkgen-tmp").exists()
 
 
 def test_ssh_interrupted_copy(sshd: SshServer, tmp_path: Path) -> None:

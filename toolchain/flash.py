@@ -8,13 +8,16 @@ completes or leaves the previous binary in place:
 2. verify: the staged file's sha256, computed at the destination, must
    match; then mode 0755 and a flush to stable storage;
 3. keep the previous binary as `NAME.prev` (a hard link, or a copy where
-   links are not possible), replaced atomically;
+   links are not possible), replaced atomically; unless the binary there
+   already has the same sha256 (a redeployment), which would turn `.prev`
+   into a second copy of the live binary and lose the real previous one;
 4. install: rename the staged file over `NAME` (one atomic rename), and check
    the installed file's sha256 again;
 5. write `NAME.manifest.json` (what was deployed, from which spec and
    toolkit revision, with which compiler);
-6. optionally run a restart command; if it fails, `NAME.prev` and the
-   previous manifest are put back and the deployment fails.
+6. optionally run a restart command; if it fails, a copy of `NAME.prev`
+   (never a hard link: `.prev` must survive anything done to the live file)
+   and the previous manifest are put back and the deployment fails.
 
 An interrupted copy leaves only the temporary name behind (the next
 deployment overwrites it); the final name always holds a complete binary.
@@ -206,8 +209,8 @@ class Site(ABC):
         """Mode 0755 and flush the staged file to stable storage."""
 
     @abstractmethod
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
-        """If final exists, make it prev (atomically); then rename tmp over final."""
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
+        """If keep and final exists, make it prev (atomically); then rename tmp over final."""
 
     @abstractmethod
     def read(self, path: str) -> bytes | None:
@@ -223,7 +226,7 @@ class Site(ABC):
 
     @abstractmethod
     def copy_over(self, src: str, dst: str, tmp: str) -> None:
-        """Put a copy of src at dst atomically (through tmp)."""
+        """Put a copy of src (a separate file, not a link) at dst atomically (through tmp)."""
 
     @abstractmethod
     def restart(self, command: str) -> tuple[int, str]:
@@ -234,13 +237,13 @@ class Site(ABC):
         self.check()
         return self.sha256(final), self.read(manifest_path)
 
-    def commit(self, tmp: str, final: str, prev: str, digest: str) -> None:
-        """Verify the staged copy, seal it, keep .prev, rename it in place, verify again."""
+    def commit(self, tmp: str, final: str, prev: str, digest: str, keep: bool = True) -> None:
+        """Verify the staged copy, seal it, keep .prev (if keep), rename it over final, verify."""
         staged = self.sha256(tmp)
         if staged != digest:
             raise FlashError(f"staged copy {tmp} has sha256 {staged}, expected {digest}")
         self.seal(tmp)
-        self.keep_and_install(tmp, final, prev)
+        self.keep_and_install(tmp, final, prev, keep)
         installed = self.sha256(final)
         if installed != digest:
             raise FlashError(f"{final} has sha256 {installed} after the rename, expected {digest}")
@@ -256,7 +259,11 @@ class Site(ABC):
             ("upload", (tmp,), f"stage {source} as {tmp}"),
             ("sha256", (tmp,), "verify the staged copy's sha256"),
             ("seal", (tmp,), "mode 0755, flush"),
-            ("keep_and_install", (tmp, final, prev), f"keep the old binary as {prev}, install"),
+            (
+                "keep_and_install",
+                (tmp, final, prev),
+                f"keep the old binary as {prev} (unless it is this one), install",
+            ),
             ("sha256", (final,), "verify the installed binary's sha256"),
             ("write", (manifest_path,), f"write {manifest_path}"),
         ]
@@ -364,8 +371,8 @@ class SshSite(Site):
             raise FlashError(f"unexpected sha256sum output from {self._target()}: {first!r}")
         return digest, manifest.encode() if marker == "MANIFEST" else None
 
-    def commit(self, tmp: str, final: str, prev: str, digest: str) -> None:
-        out = self._run(_SSH_SCRIPTS["commit"](tmp, final, prev, digest)).strip()
+    def commit(self, tmp: str, final: str, prev: str, digest: str, keep: bool = True) -> None:
+        out = self._run(_SSH_SCRIPTS["commit"](tmp, final, prev, digest, keep)).strip()
         installed = out.split()[0] if out else ""
         if installed != digest:
             raise FlashError(f"{final} has sha256 {installed} after the rename, expected {digest}")
@@ -381,7 +388,8 @@ class SshSite(Site):
             ),
             (f"stage {source} as {tmp}", self.describe("upload", tmp)),
             (
-                f"verify the staged sha256, mode 0755, sync, keep the old binary as {prev}, "
+                f"verify the staged sha256, mode 0755, sync, keep the old binary as {prev} "
+                "(unless it is this one), "
                 "rename into place, verify again",
                 self.describe("commit", tmp, final, prev, "SHA256"),
             ),
@@ -393,8 +401,8 @@ class SshSite(Site):
             )
         return steps
 
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
-        self._run(_SSH_SCRIPTS["keep_and_install"](tmp, final, prev))
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
+        self._run(_SSH_SCRIPTS["keep_and_install"](tmp, final, prev, keep))
 
     def read(self, path: str) -> bytes | None:
         argv = self.argv(_SSH_SCRIPTS["read"](path))
@@ -441,13 +449,16 @@ def _ssh_check(d: str) -> str:
     )
 
 
-def _ssh_keep_and_install(t: str, f: str, p: str) -> str:
+def _ssh_keep_and_install(t: str, f: str, p: str, keep: bool = True) -> str:
     """.prev by hard link (or copy, e.g. on vfat), replaced atomically; then the rename."""
+    install = f"mv -f {_q(t)} {_q(f)}; sync"
+    if not keep:
+        return install
     staging = _q(p + TMP_SUFFIX)
     return (
         f"if [ -e {_q(f)} ]; then "
         f"ln -f {_q(f)} {staging} 2>/dev/null || cp -p {_q(f)} {staging}; "
-        f"mv -f {staging} {_q(p)}; fi; mv -f {_q(t)} {_q(f)}; sync"
+        f"mv -f {staging} {_q(p)}; fi; " + install
     )
 
 
@@ -460,15 +471,19 @@ _SSH_SCRIPTS: dict[str, Callable[..., str]] = {
         + f"; if [ -e {_q(f)} ]; then sha256sum -- {_q(f)}; else echo MISSING; fi"
         + f"; if [ -f {_q(m)} ]; then echo MANIFEST; cat -- {_q(m)}; else echo NONE; fi"
     ),
-    "commit": lambda t, f, p, digest: (
+    "commit": lambda t, f, p, digest, keep=True: (
         f"set -e; actual=$(sha256sum -- {_q(t)} | cut -d' ' -f1); "
         f'if [ "$actual" != {_q(digest)} ]; then rm -f -- {_q(t)}; '
         f'echo "staged copy has sha256 $actual, expected {digest}" >&2; exit 4; fi; '
-        f"chmod 0755 {_q(t)}; sync; " + _ssh_keep_and_install(t, f, p) + f"; sha256sum -- {_q(f)}"
+        f"chmod 0755 {_q(t)}; sync; "
+        + _ssh_keep_and_install(t, f, p, keep)
+        + f"; sha256sum -- {_q(f)}"
     ),
     "upload": lambda t: f"umask 022 && cat > {_q(t)}",
     "seal": lambda t: f"chmod 0755 {_q(t)} && sync",
-    "keep_and_install": lambda t, f, p: "set -e; " + _ssh_keep_and_install(t, f, p),
+    "keep_and_install": lambda t, f, p, keep=True: (
+        "set -e; " + _ssh_keep_and_install(t, f, p, keep)
+    ),
     "read": lambda p: f"if [ -f {_q(p)} ]; then cat -- {_q(p)}; else exit 3; fi",
     "write": lambda p: (
         f"umask 022 && cat > {_q(p + TMP_SUFFIX)} && mv -f {_q(p + TMP_SUFFIX)} {_q(p)} && sync"
@@ -578,8 +593,8 @@ class DirSite(Site):
                 os.close(fd)
         os.replace(staging, dst)
 
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
-        if os.path.lexists(final):
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
+        if keep and os.path.lexists(final):
             self._link_or_copy(final, prev)
         os.replace(tmp, final)
         _fsync_dir(Path(final).parent)
@@ -783,9 +798,11 @@ class ImageSite(Site):
         finally:
             os.close(fd)
 
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
         commands: list[str] = []
-        if self.exists(final):
+        if self.exists(final) and not keep:
+            commands.append(f"rm {final}")
+        elif self.exists(final):
             if self.exists(prev):
                 commands.append(f"rm {prev}")
             commands += [f"ln {final} {prev}", f"unlink {final}"]
@@ -849,9 +866,10 @@ class Outcome:
     final: str
     sha256: str
     size: int
-    previous_sha256: str | None
+    previous_sha256: str | None  # what NAME.prev holds (the manifest's previous_sha256)
     manifest: dict[str, object]
     restarted: bool = False
+    redeployed: bool = False  # the binary there had the same sha256; .prev was left alone
 
 
 def _now() -> str:
@@ -885,8 +903,14 @@ def deploy(
     say(f"==> staging {artifact.path.name} as {tmp}")
     try:
         digest, size = site.upload(artifact.path, tmp)
-        say(f"==> verifying {digest} ({size} bytes), keeping {prev}, installing {final}")
-        site.commit(tmp, final, prev, digest)
+        # The same bytes again: making them .prev would lose the real previous binary.
+        redeploy = digest == old_sha
+        keeping = (
+            f"keeping {prev} as it is (same sha256 as {final})" if redeploy else f"keeping {prev}"
+        )
+        say(f"==> verifying {digest} ({size} bytes), {keeping}, installing {final}")
+        site.commit(tmp, final, prev, digest, keep=not redeploy)
+        previous = site.sha256(prev) if redeploy else old_sha
     except BaseException:
         with contextlib.suppress(Exception):
             site.remove(tmp)
@@ -897,13 +921,13 @@ def deploy(
         "file": PurePosixPath(final).name,
         "sha256": digest,
         "size": size,
-        "previous_sha256": old_sha,
+        "previous_sha256": previous,
         "destination": site.dest.spec,
         "deployed_at": _now(),
     }
     site.write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     say(f"==> wrote {manifest_path}")
-    outcome = Outcome(final, digest, size, old_sha, manifest)
+    outcome = Outcome(final, digest, size, previous, manifest, redeployed=redeploy)
     if not restart:
         return outcome
     say(f"==> restart: {restart}")
@@ -914,15 +938,16 @@ def deploy(
         outcome.restarted = True
         return outcome
     say(f"!!  restart failed (exit {code}); rolling back")
-    if old_sha is not None:
+    if redeploy:
+        # The binary is the one that was there; only the manifest changed.
+        _put_back_manifest(site, manifest_path, old_manifest)
+        say(f"==> {final} was already this binary ({old_sha}); previous manifest put back")
+    elif old_sha is not None:
         site.copy_over(prev, final, tmp)
         back = site.sha256(final)
         if back != old_sha:
             raise FlashError(f"rollback of {final} failed: sha256 {back}, expected {old_sha}")
-        if old_manifest is not None:
-            site.write(manifest_path, old_manifest)
-        else:
-            site.remove(manifest_path)
+        _put_back_manifest(site, manifest_path, old_manifest)
         say(f"==> {final} is the previous binary again ({old_sha})")
         code2, output2 = site.restart(restart)
         again = "succeeded" if code2 == 0 else f"failed too (exit {code2}): {output2.strip()}"
@@ -932,6 +957,14 @@ def deploy(
         site.remove(manifest_path)
         say(f"==> there was no previous binary; removed {final}")
     raise FlashError(f"restart command failed (exit {code}); rolled back {final}")
+
+
+def _put_back_manifest(site: Site, manifest_path: str, old: bytes | None) -> None:
+    """Restore the manifest a deployment replaced (remove it if there was none)."""
+    if old is not None:
+        site.write(manifest_path, old)
+    else:
+        site.remove(manifest_path)
 
 
 @dataclass
