@@ -162,6 +162,24 @@ def test_dir_rollback_on_failed_restart(tmp_path: Path) -> None:
     assert flash.status(site).matches
 
 
+def test_dir_rollback_leaves_prev_a_separate_copy_of_the_live_binary(tmp_path: Path) -> None:
+    """After a rollback .prev is its own file: changing the live binary in place spares it."""
+    site = dir_site(tmp_path / "hvisor")
+    old, new = blob(tmp_path, "old", 5000, 27), blob(tmp_path, "new", 7000, 28)
+    flash.deploy(site, artifact(old), say=quiet)
+    with pytest.raises(flash.FlashError, match="restart command failed"):
+        flash.deploy(site, artifact(new), restart="false", say=quiet)
+
+    live, prev = tmp_path / "hvisor", tmp_path / "hvisor.prev"
+    assert live.read_bytes() == prev.read_bytes() == old.read_bytes()
+    assert live.stat().st_ino != prev.stat().st_ino
+    assert live.stat().st_nlink == prev.stat().st_nlink == 1
+    assert live.stat().st_mode & 0o777 == 0o755
+    with live.open("r+b") as f:  # e.g. `cp other hvisor`, which writes in place
+        f.write(b"scribbled")
+    assert prev.read_bytes() == old.read_bytes()
+
+
 def test_dir_rollback_without_previous_removes(tmp_path: Path) -> None:
     """With nothing to roll back to, a failed restart removes the new binary."""
     site = dir_site(tmp_path / "hvisor")
@@ -540,6 +558,9 @@ def test_ssh_deploy_status_and_rollback(sshd: SshServer, tmp_path: Path) -> None
         flash.deploy(site, artifact(three), restart="echo going down; exit 3", say=lines.append)
     assert "going down" in "\n".join(lines)
     assert final.read_bytes() == two.read_bytes()
+    prev = board / "hvisor.prev"
+    assert prev.read_bytes() == two.read_bytes()
+    assert final.stat().st_ino != prev.stat().st_ino, ".prev is a hard link to the live binary"
     assert json.loads((board / "hvisor.manifest.json").read_text()) == manifest
     assert flash.status(site).matches
 

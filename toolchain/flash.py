@@ -489,10 +489,7 @@ _SSH_SCRIPTS: dict[str, Callable[..., str]] = {
         f"umask 022 && cat > {_q(p + TMP_SUFFIX)} && mv -f {_q(p + TMP_SUFFIX)} {_q(p)} && sync"
     ),
     "remove": lambda p: f"rm -f -- {_q(p)} && sync",
-    "copy_over": lambda s, d, t: (
-        f"set -e; ln -f {_q(s)} {_q(t)} 2>/dev/null || cp -p {_q(s)} {_q(t)}; "
-        f"mv -f {_q(t)} {_q(d)}; sync"
-    ),
+    "copy_over": lambda s, d, t: f"set -e; cp -p {_q(s)} {_q(t)}; mv -f {_q(t)} {_q(d)}; sync",
     "restart": lambda c: c,
 }
 
@@ -547,7 +544,7 @@ class DirSite(Site):
             "read": lambda p: f"read {p}",
             "write": lambda p: f"write {p} atomically (tmp, fsync, rename)",
             "remove": lambda p: f"remove {p}",
-            "copy_over": lambda s, d, t: f"link/copy {s} to {t}, rename {t} -> {d}",
+            "copy_over": lambda s, d, t: f"copy {s} to {t}, rename {t} -> {d}",
             "restart": lambda c: f"sh -c {shlex.quote(c)}   (on this machine)",
         }
         return steps[op](*args)
@@ -577,14 +574,15 @@ class DirSite(Site):
         finally:
             os.close(fd)
 
-    def _link_or_copy(self, src: str, dst: str) -> None:
-        """dst becomes src's bytes, atomically (via dst + TMP_SUFFIX)."""
+    def _link_or_copy(self, src: str, dst: str, link: bool = True) -> None:
+        """dst becomes src's bytes, atomically (via dst + TMP_SUFFIX); a hard link if link."""
         staging = dst + TMP_SUFFIX
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
-        try:
-            os.link(src, staging)
-        except OSError:  # e.g. vfat: no hard links
+        if link:
+            with contextlib.suppress(OSError):  # e.g. vfat: no hard links
+                os.link(src, staging)
+        if not os.path.lexists(staging):
             shutil.copy2(src, staging)
             fd = os.open(staging, os.O_RDONLY)
             try:
@@ -619,7 +617,7 @@ class DirSite(Site):
         _fsync_dir(Path(path).parent)
 
     def copy_over(self, src: str, dst: str, tmp: str) -> None:
-        self._link_or_copy(src, dst)
+        self._link_or_copy(src, dst, link=False)
         _fsync_dir(Path(dst).parent)
 
     def restart(self, command: str) -> tuple[int, str]:
