@@ -149,6 +149,49 @@ def test_dir_status_detects_changed_binary(tmp_path: Path) -> None:
     assert "DIFFERS from the manifest" in flash.format_status(st)
 
 
+def survey_sites(dest: str, server: SshServer | None = None) -> list[flash.Site]:
+    """One site per artifact DEST can hold (what `flash --status` without --artifact reads)."""
+    options = server.options if server else flash.SshOptions()
+    return [flash.make_site(d, TIMEOUTS, options) for d in flash.artifact_dests(dest)]
+
+
+def test_status_of_a_directory_reports_every_blkgen_artifact(tmp_path: Path) -> None:
+    """Status of a directory lists each artifact there; one deployed artifact is enough."""
+    vhost = blob(tmp_path, "vhost", 2000, 29)
+    flash.deploy(dir_site(tmp_path / "vhost-user-blk"), artifact(vhost), say=quiet)
+
+    sv = flash.survey(f"dir:{tmp_path}", survey_sites(f"dir:{tmp_path}"))
+    assert [st.final for st in sv.found] == [str(tmp_path / n) for n in flash.ARTIFACTS]
+    assert sv.problem is None
+    text = flash.format_survey(sv)
+    assert f"absent:    {tmp_path / 'hvisor'} (no binary, no manifest)" in text
+    assert f"binary:    {tmp_path / 'vhost-user-blk'}" in text
+    assert f"{sha256_file(vhost)} (matches the manifest)" in text
+
+    flash.deploy(dir_site(tmp_path / "hvisor"), artifact(blob(tmp_path, "hv", 900, 30)), say=quiet)
+    (tmp_path / "vhost-user-blk").write_bytes(b"changed")
+    sv = flash.survey(f"dir:{tmp_path}", survey_sites(f"dir:{tmp_path}"))
+    assert sv.problem == f"{tmp_path / 'vhost-user-blk'}: not what the manifest says was deployed"
+    assert "absent" not in flash.format_survey(sv)
+
+
+def test_status_of_a_directory_without_blkgen_artifacts_fails(tmp_path: Path) -> None:
+    """A directory with no blkgen manifest fails the status check, even with a binary in it."""
+    (tmp_path / "hvisor").write_bytes(b"installed by hand")
+    sv = flash.survey(f"dir:{tmp_path}", survey_sites(f"dir:{tmp_path}"))
+    assert sv.problem is not None and sv.problem.startswith(f"no blkgen artifact at dir:{tmp_path}")
+    assert "manifest:  none (not deployed by blkgen)" in flash.format_survey(sv)
+
+
+def test_status_of_a_file_path_reads_that_binary_only(tmp_path: Path) -> None:
+    """A destination naming a file holds one binary: status reads just it, as before."""
+    dest = f"dir:{tmp_path / 'hvisor'}"
+    assert [d.path for d in flash.artifact_dests(dest)] == [str(tmp_path / "hvisor")]
+    sv = flash.survey(dest, survey_sites(dest))
+    assert sv.problem == f"{tmp_path / 'hvisor'} does not match a blkgen manifest"
+    assert "sha256:    binary missing" in flash.format_survey(sv)
+
+
 def test_dir_rollback_on_failed_restart(tmp_path: Path) -> None:
     """A failing restart puts the previous binary and manifest back and fails."""
     site = dir_site(tmp_path / "hvisor")
@@ -585,6 +628,20 @@ def test_ssh_redeploying_the_same_binary_keeps_the_real_prev(
     assert not (tmp_path / ".hvisor.blkgen-tmp").exists()
 
 
+def test_ssh_status_of_a_directory_reports_every_blkgen_artifact(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """Over ssh, status of ssh://.../dir/ finds the vhost-user-blk deployed there."""
+    vhost = blob(tmp_path, "vhost", 3000, 31)
+    flash.deploy(ssh_site(sshd, tmp_path / "vhost-user-blk"), artifact(vhost), say=quiet)
+    dest = sshd.url(tmp_path) + "/"
+    sv = flash.survey(dest, survey_sites(dest, sshd))
+    assert sv.problem is None
+    vhost_status = sv.found[flash.ARTIFACTS.index("vhost-user-blk")]
+    assert vhost_status.matches and vhost_status.sha256 == sha256_file(vhost)
+    assert f"absent:    {tmp_path / 'hvisor'}" in flash.format_survey(sv)
+
+
 def test_ssh_interrupted_copy(sshd: SshServer, tmp_path: Path) -> None:
     """Ctrl-C mid-transfer over ssh: the old binary stays, the staging file is removed."""
     board = tmp_path / "b"
@@ -671,6 +728,12 @@ def test_cli_flash_dir_status_and_dry_run(tmp_path: Path) -> None:
     st = invoke("flash", "--status", "--to", f"dir:{tmp_path}", "--artifact", "vhost-user-blk")
     assert st.returncode == 0, st.stderr
     assert "matches the manifest" in st.stdout
+    # Without --artifact: every blkgen artifact there (not just the default, hvisor).
+    every = invoke("flash", "--status", "--to", f"dir:{tmp_path}")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert f"binary:    {tmp_path / 'vhost-user-blk'}" in every.stdout
+    assert "matches the manifest" in every.stdout
+    assert f"absent:    {tmp_path / 'hvisor'}" in every.stdout
     (tmp_path / "vhost-user-blk").write_bytes(b"changed")
     st = invoke("flash", "--status", "--to", f"dir:{tmp_path}", "--artifact", "vhost-user-blk")
     assert st.returncode == 1 and "DIFFERS" in st.stdout

@@ -102,6 +102,19 @@ def vhost_artifact(layout: Layout, spec: str) -> flash.Artifact:
 
 def site_for(dest: str, artifact: str, config: Mapping[str, object]) -> flash.Site:
     """A deployment site for DEST, with ssh options and timeouts from invoke config."""
+    return flash.make_site(flash.parse_dest(dest, artifact), *_site_options(config))
+
+
+def status_sites(dest: str, artifact: str, config: Mapping[str, object]) -> list[flash.Site]:
+    """The sites `flash --status` reads: DEST's artifact, or with artifact '' every one there."""
+    if artifact:
+        return [site_for(dest, artifact, config)]
+    timeouts, ssh = _site_options(config)
+    return [flash.make_site(d, timeouts, ssh) for d in flash.artifact_dests(dest)]
+
+
+def _site_options(config: Mapping[str, object]) -> tuple[flash.Timeouts, flash.SshOptions]:
+    """Timeouts and ssh options from invoke config (blkgen.flash.*)."""
 
     def get(key: str, default: object) -> object:
         value = config.get(key, default)
@@ -121,7 +134,7 @@ def site_for(dest: str, artifact: str, config: Mapping[str, object]) -> flash.Si
         transfer=float(str(get("transfer_timeout", 600))),
         restart=float(str(get("restart_timeout", 120))),
     )
-    return flash.make_site(flash.parse_dest(dest, artifact), timeouts, ssh)
+    return timeouts, ssh
 
 
 def format_build(report: hvisor.BuildReport, root: Path) -> str:

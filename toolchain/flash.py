@@ -171,6 +171,13 @@ def parse_dest(text: str, default_name: str) -> Dest:
     )
 
 
+def artifact_dests(text: str) -> list[Dest]:
+    """Where each artifact would be at DEST: one Dest per artifact when DEST names a
+    directory, else DEST itself (a path naming a file holds one binary, whatever its kind)."""
+    dests = [parse_dest(text, name) for name in ARTIFACTS]
+    return dests if len({d.path for d in dests}) == len(dests) else dests[:1]
+
+
 def names(final: str) -> tuple[str, str, str]:
     """(temporary, previous, manifest) paths for a final path."""
     p = PurePosixPath(final)
@@ -975,6 +982,11 @@ class Status:
     prev_sha256: str | None
 
     @property
+    def present(self) -> bool:
+        """There is a binary or a manifest."""
+        return self.manifest is not None or self.sha256 is not None
+
+    @property
     def matches(self) -> bool:
         """The binary is there and is what the manifest says was deployed."""
         return (
@@ -997,6 +1009,49 @@ def status(site: Site) -> Status:
             raise FlashError(f"{manifest_path}: not valid JSON ({exc})") from None
         manifest = loaded if isinstance(loaded, dict) else None
     return Status(final, manifest, site.sha256(final), site.sha256(prev))
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What `flash --status` found at DEST: one Status per artifact looked for there."""
+
+    dest: str
+    found: tuple[Status, ...]
+
+    @property
+    def problem(self) -> str | None:
+        """Why the status check fails (exit 1), or None.
+
+        A binary without a manifest was not deployed by blkgen: it fails the
+        check only when it is the one binary asked about. Looking at a
+        directory, the check fails when a blkgen artifact there differs from
+        its manifest, or when there is none.
+        """
+        differ = [st.final for st in self.found if st.manifest is not None and not st.matches]
+        if len(self.found) == 1 and not self.found[0].matches:
+            return f"{self.found[0].final} does not match a blkgen manifest"
+        if differ:
+            return f"{', '.join(differ)}: not what the manifest says was deployed"
+        if not any(st.manifest is not None for st in self.found):
+            looked = ", ".join(names(st.final)[2] for st in self.found)
+            return f"no blkgen artifact at {self.dest} (none of {looked} exists)"
+        return None
+
+
+def survey(dest: str, sites: list[Site]) -> Survey:
+    """The status of each site (the artifacts DEST can hold, see `artifact_dests`)."""
+    return Survey(dest, tuple(status(site) for site in sites))
+
+
+def format_survey(sv: Survey) -> str:
+    """Human-readable report: each artifact found, and the ones that are not there."""
+    if len(sv.found) == 1:
+        return format_status(sv.found[0])
+    blocks = [
+        format_status(st) if st.present else f"absent:    {st.final} (no binary, no manifest)"
+        for st in sv.found
+    ]
+    return "\n\n".join(blocks)
 
 
 def format_status(st: Status) -> str:
