@@ -8,6 +8,7 @@ started and stopped (by its PID) by a fixture.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import getpass
 import json
@@ -282,6 +283,15 @@ def test_parse_dest() -> None:
     for bad in ("ftp://x/y", "ssh://host", "image:r.ext4", "image:r.ext4:/a b"):
         with pytest.raises(flash.FlashError):
             flash.parse_dest(bad, "hvisor")
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999999999999999999"])
+def test_ssh_port_outside_1_65535_is_refused_before_ssh_runs(port: str) -> None:
+    """A port ssh would reject (or, for 0, silently replace by 22) is a local error."""
+    dest = f"ssh://root@board:{port}/usr/local/bin/hvisor"
+    with pytest.raises(flash.FlashError) as err:
+        flash.parse_dest(dest, "hvisor")
+    assert str(err.value) == f"bad ssh destination '{dest}': port {port} is not in 1-65535"
 
 
 # ---------------------------------------------------------------- interrupted copy
@@ -677,6 +687,47 @@ def test_ssh_unreachable_is_bounded(sshd: SshServer, tmp_path: Path) -> None:
     assert not (tmp_path / "hvisor").exists()
 
 
+def test_ssh_failure_is_one_line_leading_with_ssh_reason(sshd: SshServer, tmp_path: Path) -> None:
+    """A refused connection reads as ssh's own reason and where, not the remote script."""
+    port = _free_port()
+    dest = f"ssh://{sshd.user}@127.0.0.1:{port}{tmp_path}/"
+    site = flash.make_site(flash.parse_dest(dest, "hvisor"), TIMEOUTS, sshd.options)
+    with pytest.raises(flash.FlashError) as err:
+        flash.deploy(site, artifact(blob(tmp_path, "a", 10, 1)), say=quiet)
+    assert str(err.value) == (
+        f"ssh: connect to host 127.0.0.1 port {port}: Connection refused "
+        f"(ssh to {sshd.user}@127.0.0.1:{port}, checking the destination)"
+    )
+
+
+def test_ssh_login_refused_says_a_key_is_needed(sshd: SshServer, tmp_path: Path) -> None:
+    """A key the board does not accept: ssh's reason, then how to point flash at a key."""
+    _keygen(tmp_path / "stranger")
+    options = dataclasses.replace(sshd.options, identity_file=str(tmp_path / "stranger"))
+    site = flash.make_site(
+        flash.parse_dest(sshd.url(tmp_path / "hvisor"), "hvisor"), TIMEOUTS, options
+    )
+    with pytest.raises(flash.FlashError) as err:
+        flash.status(site)
+    message = str(err.value)
+    assert message.startswith(f"{sshd.user}@127.0.0.1: Permission denied (publickey")
+    assert "\n" not in message
+    assert "key only" in message and "blkgen.flash.ssh_identity_file" in message
+
+
+def test_ssh_board_side_failure_leads_with_the_board_reason(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """A remote step that fails (no such directory) says so first, with its exit status."""
+    site = ssh_site(sshd, tmp_path / "absent" / "hvisor")
+    with pytest.raises(flash.FlashError) as err:
+        flash.deploy(site, artifact(blob(tmp_path, "a", 10, 1)), say=quiet)
+    assert str(err.value) == (
+        f"no such directory: {tmp_path / 'absent'} "
+        f"(on {sshd.user}@127.0.0.1:{sshd.port}, checking the destination: exit 1)"
+    )
+
+
 def test_ssh_dry_run_shows_commands(sshd: SshServer, tmp_path: Path) -> None:
     """--dry-run over ssh prints the ssh commands (BatchMode, timeout, key) and runs none."""
     lines: list[str] = []
@@ -762,3 +813,15 @@ def test_cli_flash_ssh_rollback_exit_status(sshd: SshServer, tmp_path: Path) -> 
     assert (board / "vhost-user-blk").read_bytes() == old.read_bytes()
     assert (board / "vhost-user-blk.prev").read_bytes() == old.read_bytes()
     assert not (board / "vhost-user-blk.manifest.json").exists()
+
+
+def test_cli_ssh_failure_is_one_error_line(sshd: SshServer, tmp_path: Path) -> None:
+    """`invoke flash` to an ssh port nobody listens on: one `error:` line, ssh's reason first."""
+    port = _free_port()
+    dest = f"ssh://{sshd.user}@127.0.0.1:{port}{tmp_path}/"
+    proc = invoke("flash", "--to", dest, "--artifact", "vhost-user-blk")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: ssh: connect to host 127.0.0.1 port {port}: Connection refused "
+        f"(ssh to {sshd.user}@127.0.0.1:{port}, checking the destination)"
+    ]

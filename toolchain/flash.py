@@ -144,6 +144,8 @@ def parse_dest(text: str, default_name: str) -> Dest:
             path += default_name
         host = m.group("host").strip("[]")
         port = int(m.group("port")) if m.group("port") else None
+        if port is not None and not 1 <= port <= 65535:
+            raise FlashError(f"bad ssh destination '{text}': port {port} is not in 1-65535")
         return Dest("ssh", path, text, host=host, user=m.group("user") or "", port=port)
     if text.startswith("dir:"):
         raw = text[len("dir:") :]
@@ -292,22 +294,35 @@ class SshSite(Site):
     def _target(self) -> str:
         return f"{self.dest.user}@{self.dest.host}" if self.dest.user else self.dest.host
 
+    def _failure(self, op: str, code: int, stderr: bytes) -> FlashError:
+        """One line for a failed step: the reason first (ssh's own, or the board's), then where.
+
+        The script itself is not repeated (`--dry-run` prints it): it would
+        bury the reason. Exit 255 is ssh's own failure (connect, log in).
+        """
+        lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+        reason = next((line for line in reversed(lines) if line), f"exit {code}")
+        port = self.dest.port or self.options.port
+        where = self._target() + (f":{port}" if port else "")
+        step = _SSH_STEPS[op]
+        if code != 255:
+            return FlashError(f"{reason} (on {where}, {step}: exit {code})")
+        hint = next((h for known, h in _SSH_HINTS if known in reason), "")
+        return FlashError(f"{reason} (ssh to {where}, {step}){hint}")
+
     def argv(self, script: str) -> list[str]:
         """The ssh command running script in the remote shell."""
         return ["ssh", *self.options.argv(self.dest.port), self._target(), script]
 
-    def _run(self, script: str, data: bytes | None = None, timeout: float | None = None) -> str:
-        argv = self.argv(script)
+    def _run(self, op: str, *args: Any, data: bytes | None = None) -> str:
+        """Run one step's script (_SSH_SCRIPTS[op]); its stdout, FlashError if it fails."""
+        argv = self.argv(_SSH_SCRIPTS[op](*args))
         try:
-            proc = run(argv, timeout=timeout or self.timeouts.command, input=data)
+            proc = run(argv, timeout=self.timeouts.command, input=data)
         except Timeout as exc:
-            raise FlashError(f"ssh to {self._target()}: {exc}") from None
+            raise FlashError(f"ssh to {self._target()}: {exc} ({_SSH_STEPS[op]})") from None
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()
-            raise FlashError(
-                f"remote command failed (exit {proc.returncode}) on {self._target()}: "
-                f"{script}\n{err}"
-            )
+            raise self._failure(op, proc.returncode, proc.stderr)
         return proc.stdout.decode(errors="replace")
 
     def describe(self, op: str, *args: str) -> str:
@@ -315,10 +330,10 @@ class SshSite(Site):
 
     def check(self) -> None:
         parent = str(PurePosixPath(self.dest.path).parent)
-        self._run(_SSH_SCRIPTS["check"](parent))
+        self._run("check", parent)
 
     def sha256(self, path: str) -> str | None:
-        out = self._run(_SSH_SCRIPTS["sha256"](path)).strip()
+        out = self._run("sha256", path).strip()
         if out == "MISSING":
             return None
         digest = out.split()[0] if out else ""
@@ -357,20 +372,17 @@ class SshSite(Site):
         if expired.is_set():
             raise FlashError(f"copy to {self._target()} exceeded {self.timeouts.transfer:g}s")
         if proc.returncode != 0 or size < 0:
-            raise FlashError(
-                f"copy to {self._target()}:{tmp} failed (ssh exit {proc.returncode}): "
-                f"{err.decode(errors='replace').strip()}"
-            )
+            raise self._failure("upload", proc.returncode, err)
         return digest, size
 
     def seal(self, tmp: str) -> None:
-        self._run(_SSH_SCRIPTS["seal"](tmp))
+        self._run("seal", tmp)
 
     # One round trip each instead of one per step: an ssh handshake costs
     # most of a second on a small board.
     def prepare(self, final: str, manifest_path: str) -> tuple[str | None, bytes | None]:
         parent = str(PurePosixPath(final).parent)
-        out = self._run(_SSH_SCRIPTS["prepare"](parent, final, manifest_path))
+        out = self._run("prepare", parent, final, manifest_path)
         first, _, rest = out.partition("\n")
         marker, _, manifest = rest.partition("\n")
         digest = None if first.strip() == "MISSING" else first.split()[0] if first else ""
@@ -379,7 +391,7 @@ class SshSite(Site):
         return digest, manifest.encode() if marker == "MANIFEST" else None
 
     def commit(self, tmp: str, final: str, prev: str, digest: str, keep: bool = True) -> None:
-        out = self._run(_SSH_SCRIPTS["commit"](tmp, final, prev, digest, keep)).strip()
+        out = self._run("commit", tmp, final, prev, digest, keep).strip()
         installed = out.split()[0] if out else ""
         if installed != digest:
             raise FlashError(f"{final} has sha256 {installed} after the rename, expected {digest}")
@@ -409,7 +421,7 @@ class SshSite(Site):
         return steps
 
     def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
-        self._run(_SSH_SCRIPTS["keep_and_install"](tmp, final, prev, keep))
+        self._run("keep_and_install", tmp, final, prev, keep)
 
     def read(self, path: str) -> bytes | None:
         argv = self.argv(_SSH_SCRIPTS["read"](path))
@@ -420,20 +432,17 @@ class SshSite(Site):
         if proc.returncode == 3:
             return None
         if proc.returncode != 0:
-            raise FlashError(
-                f"reading {path} on {self._target()} failed: "
-                f"{proc.stderr.decode(errors='replace').strip()}"
-            )
+            raise self._failure("read", proc.returncode, proc.stderr)
         return proc.stdout
 
     def write(self, path: str, data: bytes) -> None:
-        self._run(_SSH_SCRIPTS["write"](path), data=data)
+        self._run("write", path, data=data)
 
     def remove(self, path: str) -> None:
-        self._run(_SSH_SCRIPTS["remove"](path))
+        self._run("remove", path)
 
     def copy_over(self, src: str, dst: str, tmp: str) -> None:
-        self._run(_SSH_SCRIPTS["copy_over"](src, dst, tmp))
+        self._run("copy_over", src, dst, tmp)
 
     def restart(self, command: str) -> tuple[int, str]:
         try:
@@ -468,6 +477,35 @@ def _ssh_keep_and_install(t: str, f: str, p: str, keep: bool = True) -> str:
         f"mv -f {staging} {_q(p)}; fi; " + install
     )
 
+
+# What each step was doing, for error messages.
+_SSH_STEPS: dict[str, str] = {
+    "check": "checking the destination",
+    "prepare": "checking the destination",
+    "sha256": "reading a sha256",
+    "upload": "copying the binary",
+    "seal": "sealing the staged copy",
+    "commit": "verifying and installing the binary",
+    "keep_and_install": "installing the binary",
+    "read": "reading the manifest",
+    "write": "writing the manifest",
+    "remove": "removing a file",
+    "copy_over": "putting the previous binary back",
+}
+
+# Known ssh failures (exit 255) and what to do about them.
+_SSH_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "Permission denied",
+        "; flash logs in with a key only (ssh BatchMode): set blkgen.flash.ssh_identity_file "
+        "or add the key to ssh-agent (README: Board workflow)",
+    ),
+    (
+        "Host key verification failed",
+        "; the board's host key is not the known one: see blkgen.flash.ssh_known_hosts_file "
+        "and ssh_strict_host_key_checking",
+    ),
+)
 
 # Remote POSIX sh scripts (coreutils or busybox): one per step.
 _SSH_SCRIPTS: dict[str, Callable[..., str]] = {
