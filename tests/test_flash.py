@@ -825,3 +825,41 @@ def test_cli_ssh_failure_is_one_error_line(sshd: SshServer, tmp_path: Path) -> N
         f"error: ssh: connect to host 127.0.0.1 port {port}: Connection refused "
         f"(ssh to {sshd.user}@127.0.0.1:{port}, checking the destination)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("dest", "config", "message"),
+    [
+        (
+            "ssh://board:70000/usr/bin/",
+            "",
+            "error: bad ssh destination 'ssh://board:70000/usr/bin/': port 70000 is not in 1-65535",
+        ),
+        (
+            "ssh://board/usr/bin/",
+            "ssh_port: abc",
+            "error: blkgen.flash.ssh_port: 'abc' is not a port (1-65535, or 0 for ssh's default)",
+        ),
+        (
+            "ssh://board/usr/bin/",
+            "ssh_port: 65536",
+            "error: blkgen.flash.ssh_port: '65536' is not a port (1-65535, or 0 for ssh's default)",
+        ),
+        (
+            "ssh://board/usr/bin/",
+            "ssh_identity_file: KEYDIR/no-such-key",
+            "error: blkgen.flash.ssh_identity_file: 'KEYDIR/no-such-key' does not exist "
+            "(the private key to log in to the board with)",
+        ),
+    ],
+    ids=["url-port", "config-port-text", "config-port-range", "missing-key"],
+)
+def test_cli_bad_ssh_settings_are_one_error_line(
+    tmp_path: Path, dest: str, config: str, message: str
+) -> None:
+    """A bad port or missing key, in the URL or invoke config: one line, no traceback, no ssh."""
+    path = tmp_path / "invoke.yaml"
+    path.write_text(f"blkgen:\n  flash:\n    {config.replace('KEYDIR', str(tmp_path))}\n")
+    proc = invoke("flash", "--status", "--to", dest, config=path if config else None)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [message.replace("KEYDIR", str(tmp_path))]
