@@ -461,7 +461,8 @@ def hvisor_task(
         "restart": "command to run after installing (over ssh for ssh://, else locally); "
         "on failure the previous binary is put back",
         "dry-run": "print every step without doing it",
-        "status": "print the manifest at --to and whether the binary still matches it",
+        "status": "print the manifest at --to and whether the binary still matches it; "
+        "without --artifact, of every blkgen artifact there",
     },
 )
 def flash_task(
@@ -482,13 +483,13 @@ def flash_task(
         raise _fail(f"--artifact must be one of: {', '.join(flash.ARTIFACTS)}")
     name = spec or str(_cfg(c, "spec"))
     try:
-        site = board.site_for(to, kind, settings)
         if status:
-            found = flash.status(site)
-            print(flash.format_status(found))
-            if not found.matches:
-                raise _fail(f"{found.final} does not match a blkgen manifest")
+            found = flash.survey(to, board.status_sites(to, artifact, settings))
+            print(flash.format_survey(found))
+            if found.problem:
+                raise _fail(found.problem)
             return
+        site = board.site_for(to, kind, settings)
         if kind == "vhost-user-blk" and not dry_run:
             gen(c, spec=[name])
             _build(name, board.BOARD_TARGET)

@@ -8,6 +8,7 @@ started and stopped (by its PID) by a fixture.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import getpass
 import json
@@ -106,6 +107,39 @@ def test_dir_deploy_keeps_prev_and_writes_manifest(tmp_path: Path) -> None:
     assert "matches the manifest" in flash.format_status(st)
 
 
+def test_dir_redeploying_the_same_binary_keeps_the_real_prev(tmp_path: Path) -> None:
+    """Deploying the bytes already there leaves .prev (and the manifest's previous) alone."""
+    site = dir_site(tmp_path / "hvisor")
+    one, two = blob(tmp_path, "one", 3000, 21), blob(tmp_path, "two", 4000, 22)
+    flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+
+    again = flash.deploy(site, artifact(two), say=quiet)
+    assert again is not None and again.redeployed
+    assert (tmp_path / "hvisor").read_bytes() == two.read_bytes()
+    assert (tmp_path / "hvisor.prev").read_bytes() == one.read_bytes()
+    manifest = json.loads((tmp_path / "hvisor.manifest.json").read_text())
+    assert manifest["sha256"] == sha256_file(two)
+    assert manifest["previous_sha256"] == sha256_file(one)
+    st = flash.status(site)
+    assert st.matches and st.prev_sha256 == sha256_file(one)
+
+
+def test_dir_redeploy_with_failing_restart_keeps_binary_prev_and_manifest(tmp_path: Path) -> None:
+    """A redeployment whose restart fails puts the manifest back; binary and .prev stay."""
+    site = dir_site(tmp_path / "hvisor")
+    one, two = blob(tmp_path, "one", 3000, 23), blob(tmp_path, "two", 4000, 24)
+    flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+    manifest = (tmp_path / "hvisor.manifest.json").read_bytes()
+
+    with pytest.raises(flash.FlashError, match=r"restart command failed \(exit 5\)"):
+        flash.deploy(site, artifact(two, "procq"), restart="exit 5", say=quiet)
+    assert (tmp_path / "hvisor").read_bytes() == two.read_bytes()
+    assert (tmp_path / "hvisor.prev").read_bytes() == one.read_bytes()
+    assert (tmp_path / "hvisor.manifest.json").read_bytes() == manifest
+
+
 def test_dir_status_detects_changed_binary(tmp_path: Path) -> None:
     """--status notices a binary that is no longer what was deployed."""
     site = dir_site(tmp_path / "hvisor")
@@ -114,6 +148,49 @@ def test_dir_status_detects_changed_binary(tmp_path: Path) -> None:
     st = flash.status(site)
     assert not st.matches
     assert "DIFFERS from the manifest" in flash.format_status(st)
+
+
+def survey_sites(dest: str, server: SshServer | None = None) -> list[flash.Site]:
+    """One site per artifact DEST can hold (what `flash --status` without --artifact reads)."""
+    options = server.options if server else flash.SshOptions()
+    return [flash.make_site(d, TIMEOUTS, options) for d in flash.artifact_dests(dest)]
+
+
+def test_status_of_a_directory_reports_every_blkgen_artifact(tmp_path: Path) -> None:
+    """Status of a directory lists each artifact there; one deployed artifact is enough."""
+    vhost = blob(tmp_path, "vhost", 2000, 29)
+    flash.deploy(dir_site(tmp_path / "vhost-user-blk"), artifact(vhost), say=quiet)
+
+    sv = flash.survey(f"dir:{tmp_path}", survey_sites(f"dir:{tmp_path}"))
+    assert [st.final for st in sv.found] == [str(tmp_path / n) for n in flash.ARTIFACTS]
+    assert sv.problem is None
+    text = flash.format_survey(sv)
+    assert f"absent:    {tmp_path / 'hvisor'} (no binary, no manifest)" in text
+    assert f"binary:    {tmp_path / 'vhost-user-blk'}" in text
+    assert f"{sha256_file(vhost)} (matches the manifest)" in text
+
+    flash.deploy(dir_site(tmp_path / "hvisor"), artifact(blob(tmp_path, "hv", 900, 30)), say=quiet)
+    (tmp_path / "vhost-user-blk").write_bytes(b"changed")
+    sv = flash.survey(f"dir:{tmp_path}", survey_sites(f"dir:{tmp_path}"))
+    assert sv.problem == f"{tmp_path / 'vhost-user-blk'}: not what the manifest says was deployed"
+    assert "absent" not in flash.format_survey(sv)
+
+
+def test_status_of_a_directory_without_blkgen_artifacts_fails(tmp_path: Path) -> None:
+    """A directory with no blkgen manifest fails the status check, even with a binary in it."""
+    (tmp_path / "hvisor").write_bytes(b"installed by hand")
+    sv = flash.survey(f"dir:{tmp_path}", survey_sites(f"dir:{tmp_path}"))
+    assert sv.problem is not None and sv.problem.startswith(f"no blkgen artifact at dir:{tmp_path}")
+    assert "manifest:  none (not deployed by blkgen)" in flash.format_survey(sv)
+
+
+def test_status_of_a_file_path_reads_that_binary_only(tmp_path: Path) -> None:
+    """A destination naming a file holds one binary: status reads just it, as before."""
+    dest = f"dir:{tmp_path / 'hvisor'}"
+    assert [d.path for d in flash.artifact_dests(dest)] == [str(tmp_path / "hvisor")]
+    sv = flash.survey(dest, survey_sites(dest))
+    assert sv.problem == f"{tmp_path / 'hvisor'} does not match a blkgen manifest"
+    assert "sha256:    binary missing" in flash.format_survey(sv)
 
 
 def test_dir_rollback_on_failed_restart(tmp_path: Path) -> None:
@@ -127,6 +204,24 @@ def test_dir_rollback_on_failed_restart(tmp_path: Path) -> None:
     assert (tmp_path / "hvisor").read_bytes() == old.read_bytes()
     assert (tmp_path / "hvisor.manifest.json").read_bytes() == old_manifest
     assert flash.status(site).matches
+
+
+def test_dir_rollback_leaves_prev_a_separate_copy_of_the_live_binary(tmp_path: Path) -> None:
+    """After a rollback .prev is its own file: changing the live binary in place spares it."""
+    site = dir_site(tmp_path / "hvisor")
+    old, new = blob(tmp_path, "old", 5000, 27), blob(tmp_path, "new", 7000, 28)
+    flash.deploy(site, artifact(old), say=quiet)
+    with pytest.raises(flash.FlashError, match="restart command failed"):
+        flash.deploy(site, artifact(new), restart="false", say=quiet)
+
+    live, prev = tmp_path / "hvisor", tmp_path / "hvisor.prev"
+    assert live.read_bytes() == prev.read_bytes() == old.read_bytes()
+    assert live.stat().st_ino != prev.stat().st_ino
+    assert live.stat().st_nlink == prev.stat().st_nlink == 1
+    assert live.stat().st_mode & 0o777 == 0o755
+    with live.open("r+b") as f:  # e.g. `cp other hvisor`, which writes in place
+        f.write(b"scribbled")
+    assert prev.read_bytes() == old.read_bytes()
 
 
 def test_dir_rollback_without_previous_removes(tmp_path: Path) -> None:
@@ -188,6 +283,15 @@ def test_parse_dest() -> None:
     for bad in ("ftp://x/y", "ssh://host", "image:r.ext4", "image:r.ext4:/a b"):
         with pytest.raises(flash.FlashError):
             flash.parse_dest(bad, "hvisor")
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999999999999999999"])
+def test_ssh_port_outside_1_65535_is_refused_before_ssh_runs(port: str) -> None:
+    """A port ssh would reject (or, for 0, silently replace by 22) is a local error."""
+    dest = f"ssh://root@board:{port}/usr/local/bin/hvisor"
+    with pytest.raises(flash.FlashError) as err:
+        flash.parse_dest(dest, "hvisor")
+    assert str(err.value) == f"bad ssh destination '{dest}': port {port} is not in 1-65535"
 
 
 # ---------------------------------------------------------------- interrupted copy
@@ -332,6 +436,11 @@ def test_image_deploy_rollback_status(tmp_path: Path) -> None:
     )
 
     flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+    fsck_clean(image)
+    assert image_file(image, "/usr/local/bin/hvisor", tmp_path) == two.read_bytes()
+    assert image_file(image, "/usr/local/bin/hvisor.prev", tmp_path) == one.read_bytes()
+    # Deploying the same bytes again leaves .prev holding the real previous binary.
     flash.deploy(site, artifact(two), say=quiet)
     fsck_clean(image)
     assert image_file(image, "/usr/local/bin/hvisor", tmp_path) == two.read_bytes()
@@ -502,8 +611,45 @@ def test_ssh_deploy_status_and_rollback(sshd: SshServer, tmp_path: Path) -> None
         flash.deploy(site, artifact(three), restart="echo going down; exit 3", say=lines.append)
     assert "going down" in "\n".join(lines)
     assert final.read_bytes() == two.read_bytes()
+    prev = board / "hvisor.prev"
+    assert prev.read_bytes() == two.read_bytes()
+    assert final.stat().st_ino != prev.stat().st_ino, ".prev is a hard link to the live binary"
     assert json.loads((board / "hvisor.manifest.json").read_text()) == manifest
     assert flash.status(site).matches
+
+
+def test_ssh_redeploying_the_same_binary_keeps_the_real_prev(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """Over ssh, deploying the bytes already there leaves .prev holding the real previous."""
+    final = tmp_path / "hvisor"
+    site = ssh_site(sshd, final)
+    one, two = blob(tmp_path, "one", 5000, 25), blob(tmp_path, "two", 6000, 26)
+    flash.deploy(site, artifact(one), say=quiet)
+    flash.deploy(site, artifact(two), say=quiet)
+
+    again = flash.deploy(site, artifact(two), say=quiet)
+    assert again is not None and again.redeployed
+    assert final.read_bytes() == two.read_bytes()
+    assert final.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "hvisor.prev").read_bytes() == one.read_bytes()
+    manifest = json.loads((tmp_path / "hvisor.manifest.json").read_text())
+    assert manifest["previous_sha256"] == sha256_file(one)
+    assert not (tmp_path / ".hvisor.blkgen-tmp").exists()
+
+
+def test_ssh_status_of_a_directory_reports_every_blkgen_artifact(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """Over ssh, status of ssh://.../dir/ finds the vhost-user-blk deployed there."""
+    vhost = blob(tmp_path, "vhost", 3000, 31)
+    flash.deploy(ssh_site(sshd, tmp_path / "vhost-user-blk"), artifact(vhost), say=quiet)
+    dest = sshd.url(tmp_path) + "/"
+    sv = flash.survey(dest, survey_sites(dest, sshd))
+    assert sv.problem is None
+    vhost_status = sv.found[flash.ARTIFACTS.index("vhost-user-blk")]
+    assert vhost_status.matches and vhost_status.sha256 == sha256_file(vhost)
+    assert f"absent:    {tmp_path / 'hvisor'}" in flash.format_survey(sv)
 
 
 def test_ssh_interrupted_copy(sshd: SshServer, tmp_path: Path) -> None:
@@ -539,6 +685,47 @@ def test_ssh_unreachable_is_bounded(sshd: SshServer, tmp_path: Path) -> None:
         flash.deploy(site, artifact(blob(tmp_path, "a", 10, 1)), say=quiet)
     assert time.monotonic() - start < 30
     assert not (tmp_path / "hvisor").exists()
+
+
+def test_ssh_failure_is_one_line_leading_with_ssh_reason(sshd: SshServer, tmp_path: Path) -> None:
+    """A refused connection reads as ssh's own reason and where, not the remote script."""
+    port = _free_port()
+    dest = f"ssh://{sshd.user}@127.0.0.1:{port}{tmp_path}/"
+    site = flash.make_site(flash.parse_dest(dest, "hvisor"), TIMEOUTS, sshd.options)
+    with pytest.raises(flash.FlashError) as err:
+        flash.deploy(site, artifact(blob(tmp_path, "a", 10, 1)), say=quiet)
+    assert str(err.value) == (
+        f"ssh: connect to host 127.0.0.1 port {port}: Connection refused "
+        f"(ssh to {sshd.user}@127.0.0.1:{port}, checking the destination)"
+    )
+
+
+def test_ssh_login_refused_says_a_key_is_needed(sshd: SshServer, tmp_path: Path) -> None:
+    """A key the board does not accept: ssh's reason, then how to point flash at a key."""
+    _keygen(tmp_path / "stranger")
+    options = dataclasses.replace(sshd.options, identity_file=str(tmp_path / "stranger"))
+    site = flash.make_site(
+        flash.parse_dest(sshd.url(tmp_path / "hvisor"), "hvisor"), TIMEOUTS, options
+    )
+    with pytest.raises(flash.FlashError) as err:
+        flash.status(site)
+    message = str(err.value)
+    assert message.startswith(f"{sshd.user}@127.0.0.1: Permission denied (publickey")
+    assert "\n" not in message
+    assert "key only" in message and "blkgen.flash.ssh_identity_file" in message
+
+
+def test_ssh_board_side_failure_leads_with_the_board_reason(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """A remote step that fails (no such directory) says so first, with its exit status."""
+    site = ssh_site(sshd, tmp_path / "absent" / "hvisor")
+    with pytest.raises(flash.FlashError) as err:
+        flash.deploy(site, artifact(blob(tmp_path, "a", 10, 1)), say=quiet)
+    assert str(err.value) == (
+        f"no such directory: {tmp_path / 'absent'} "
+        f"(on {sshd.user}@127.0.0.1:{sshd.port}, checking the destination: exit 1)"
+    )
 
 
 def test_ssh_dry_run_shows_commands(sshd: SshServer, tmp_path: Path) -> None:
@@ -592,6 +779,12 @@ def test_cli_flash_dir_status_and_dry_run(tmp_path: Path) -> None:
     st = invoke("flash", "--status", "--to", f"dir:{tmp_path}", "--artifact", "vhost-user-blk")
     assert st.returncode == 0, st.stderr
     assert "matches the manifest" in st.stdout
+    # Without --artifact: every blkgen artifact there (not just the default, hvisor).
+    every = invoke("flash", "--status", "--to", f"dir:{tmp_path}")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert f"binary:    {tmp_path / 'vhost-user-blk'}" in every.stdout
+    assert "matches the manifest" in every.stdout
+    assert f"absent:    {tmp_path / 'hvisor'}" in every.stdout
     (tmp_path / "vhost-user-blk").write_bytes(b"changed")
     st = invoke("flash", "--status", "--to", f"dir:{tmp_path}", "--artifact", "vhost-user-blk")
     assert st.returncode == 1 and "DIFFERS" in st.stdout
@@ -620,3 +813,53 @@ def test_cli_flash_ssh_rollback_exit_status(sshd: SshServer, tmp_path: Path) -> 
     assert (board / "vhost-user-blk").read_bytes() == old.read_bytes()
     assert (board / "vhost-user-blk.prev").read_bytes() == old.read_bytes()
     assert not (board / "vhost-user-blk.manifest.json").exists()
+
+
+def test_cli_ssh_failure_is_one_error_line(sshd: SshServer, tmp_path: Path) -> None:
+    """`invoke flash` to an ssh port nobody listens on: one `error:` line, ssh's reason first."""
+    port = _free_port()
+    dest = f"ssh://{sshd.user}@127.0.0.1:{port}{tmp_path}/"
+    proc = invoke("flash", "--to", dest, "--artifact", "vhost-user-blk")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: ssh: connect to host 127.0.0.1 port {port}: Connection refused "
+        f"(ssh to {sshd.user}@127.0.0.1:{port}, checking the destination)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dest", "config", "message"),
+    [
+        (
+            "ssh://board:70000/usr/bin/",
+            "",
+            "error: bad ssh destination 'ssh://board:70000/usr/bin/': port 70000 is not in 1-65535",
+        ),
+        (
+            "ssh://board/usr/bin/",
+            "ssh_port: abc",
+            "error: blkgen.flash.ssh_port: 'abc' is not a port (1-65535, or 0 for ssh's default)",
+        ),
+        (
+            "ssh://board/usr/bin/",
+            "ssh_port: 65536",
+            "error: blkgen.flash.ssh_port: '65536' is not a port (1-65535, or 0 for ssh's default)",
+        ),
+        (
+            "ssh://board/usr/bin/",
+            "ssh_identity_file: KEYDIR/no-such-key",
+            "error: blkgen.flash.ssh_identity_file: 'KEYDIR/no-such-key' does not exist "
+            "(the private key to log in to the board with)",
+        ),
+    ],
+    ids=["url-port", "config-port-text", "config-port-range", "missing-key"],
+)
+def test_cli_bad_ssh_settings_are_one_error_line(
+    tmp_path: Path, dest: str, config: str, message: str
+) -> None:
+    """A bad port or missing key, in the URL or invoke config: one line, no traceback, no ssh."""
+    path = tmp_path / "invoke.yaml"
+    path.write_text(f"blkgen:\n  flash:\n    {config.replace('KEYDIR', str(tmp_path))}\n")
+    proc = invoke("flash", "--status", "--to", dest, config=path if config else None)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [message.replace("KEYDIR", str(tmp_path))]

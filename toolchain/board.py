@@ -102,26 +102,60 @@ def vhost_artifact(layout: Layout, spec: str) -> flash.Artifact:
 
 def site_for(dest: str, artifact: str, config: Mapping[str, object]) -> flash.Site:
     """A deployment site for DEST, with ssh options and timeouts from invoke config."""
+    return flash.make_site(flash.parse_dest(dest, artifact), *_site_options(config))
+
+
+def status_sites(dest: str, artifact: str, config: Mapping[str, object]) -> list[flash.Site]:
+    """The sites `flash --status` reads: DEST's artifact, or with artifact '' every one there."""
+    if artifact:
+        return [site_for(dest, artifact, config)]
+    timeouts, ssh = _site_options(config)
+    return [flash.make_site(d, timeouts, ssh) for d in flash.artifact_dests(dest)]
+
+
+def _site_options(config: Mapping[str, object]) -> tuple[flash.Timeouts, flash.SshOptions]:
+    """Timeouts and ssh options from invoke config (blkgen.flash.*)."""
 
     def get(key: str, default: object) -> object:
         value = config.get(key, default)
         return default if value is None else value
 
+    def number(key: str, default: float, low: float, high: float, what: str) -> float:
+        raw = get(key, default)
+        try:
+            value = float(str(raw))
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high or (isinstance(default, int) and not value.is_integer()):
+            raise flash.FlashError(f"blkgen.flash.{key}: '{raw}' is not {what}")
+        return value
+
+    identity = str(get("ssh_identity_file", ""))
+    if identity:
+        identity = str(Path(identity).expanduser())
+        if not Path(identity).is_file():
+            raise flash.FlashError(
+                f"blkgen.flash.ssh_identity_file: '{identity}' does not exist "
+                "(the private key to log in to the board with)"
+            )
     raw = get("ssh_options", [])
     ssh = flash.SshOptions(
-        identity_file=str(get("ssh_identity_file", "")),
-        port=int(str(get("ssh_port", 0))),
+        identity_file=identity,
+        port=int(number("ssh_port", 0, 0, 65535, "a port (1-65535, or 0 for ssh's default)")),
         strict_host_key_checking=str(get("ssh_strict_host_key_checking", "accept-new")),
         known_hosts_file=str(get("ssh_known_hosts_file", "")),
-        connect_timeout=int(str(get("ssh_connect_timeout", 10))),
+        connect_timeout=int(
+            number("ssh_connect_timeout", 10, 1, 3600, "a whole number of seconds")
+        ),
         options=tuple(str(o) for o in raw) if isinstance(raw, list | tuple) else (),
     )
+    seconds = "a number of seconds"
     timeouts = flash.Timeouts(
-        command=float(str(get("command_timeout", 120))),
-        transfer=float(str(get("transfer_timeout", 600))),
-        restart=float(str(get("restart_timeout", 120))),
+        command=number("command_timeout", 120.0, 0.001, 1e6, seconds),
+        transfer=number("transfer_timeout", 600.0, 0.001, 1e6, seconds),
+        restart=number("restart_timeout", 120.0, 0.001, 1e6, seconds),
     )
-    return flash.make_site(flash.parse_dest(dest, artifact), timeouts, ssh)
+    return timeouts, ssh
 
 
 def format_build(report: hvisor.BuildReport, root: Path) -> str:

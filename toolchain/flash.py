@@ -8,13 +8,16 @@ completes or leaves the previous binary in place:
 2. verify: the staged file's sha256, computed at the destination, must
    match; then mode 0755 and a flush to stable storage;
 3. keep the previous binary as `NAME.prev` (a hard link, or a copy where
-   links are not possible), replaced atomically;
+   links are not possible), replaced atomically; unless the binary there
+   already has the same sha256 (a redeployment), which would turn `.prev`
+   into a second copy of the live binary and lose the real previous one;
 4. install: rename the staged file over `NAME` (one atomic rename), and check
    the installed file's sha256 again;
 5. write `NAME.manifest.json` (what was deployed, from which spec and
    toolkit revision, with which compiler);
-6. optionally run a restart command; if it fails, `NAME.prev` and the
-   previous manifest are put back and the deployment fails.
+6. optionally run a restart command; if it fails, a copy of `NAME.prev`
+   (never a hard link: `.prev` must survive anything done to the live file)
+   and the previous manifest are put back and the deployment fails.
 
 An interrupted copy leaves only the temporary name behind (the next
 deployment overwrites it); the final name always holds a complete binary.
@@ -141,6 +144,8 @@ def parse_dest(text: str, default_name: str) -> Dest:
             path += default_name
         host = m.group("host").strip("[]")
         port = int(m.group("port")) if m.group("port") else None
+        if port is not None and not 1 <= port <= 65535:
+            raise FlashError(f"bad ssh destination '{text}': port {port} is not in 1-65535")
         return Dest("ssh", path, text, host=host, user=m.group("user") or "", port=port)
     if text.startswith("dir:"):
         raw = text[len("dir:") :]
@@ -166,6 +171,13 @@ def parse_dest(text: str, default_name: str) -> Dest:
         f"unknown destination '{text}'; use ssh://[user@]host[:port]/path, dir:PATH "
         "or image:ROOTFS.ext4:/path/in/image"
     )
+
+
+def artifact_dests(text: str) -> list[Dest]:
+    """Where each artifact would be at DEST: one Dest per artifact when DEST names a
+    directory, else DEST itself (a path naming a file holds one binary, whatever its kind)."""
+    dests = [parse_dest(text, name) for name in ARTIFACTS]
+    return dests if len({d.path for d in dests}) == len(dests) else dests[:1]
 
 
 def names(final: str) -> tuple[str, str, str]:
@@ -206,8 +218,8 @@ class Site(ABC):
         """Mode 0755 and flush the staged file to stable storage."""
 
     @abstractmethod
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
-        """If final exists, make it prev (atomically); then rename tmp over final."""
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
+        """If keep and final exists, make it prev (atomically); then rename tmp over final."""
 
     @abstractmethod
     def read(self, path: str) -> bytes | None:
@@ -223,7 +235,7 @@ class Site(ABC):
 
     @abstractmethod
     def copy_over(self, src: str, dst: str, tmp: str) -> None:
-        """Put a copy of src at dst atomically (through tmp)."""
+        """Put a copy of src (a separate file, not a link) at dst atomically (through tmp)."""
 
     @abstractmethod
     def restart(self, command: str) -> tuple[int, str]:
@@ -234,13 +246,13 @@ class Site(ABC):
         self.check()
         return self.sha256(final), self.read(manifest_path)
 
-    def commit(self, tmp: str, final: str, prev: str, digest: str) -> None:
-        """Verify the staged copy, seal it, keep .prev, rename it in place, verify again."""
+    def commit(self, tmp: str, final: str, prev: str, digest: str, keep: bool = True) -> None:
+        """Verify the staged copy, seal it, keep .prev (if keep), rename it over final, verify."""
         staged = self.sha256(tmp)
         if staged != digest:
             raise FlashError(f"staged copy {tmp} has sha256 {staged}, expected {digest}")
         self.seal(tmp)
-        self.keep_and_install(tmp, final, prev)
+        self.keep_and_install(tmp, final, prev, keep)
         installed = self.sha256(final)
         if installed != digest:
             raise FlashError(f"{final} has sha256 {installed} after the rename, expected {digest}")
@@ -256,7 +268,11 @@ class Site(ABC):
             ("upload", (tmp,), f"stage {source} as {tmp}"),
             ("sha256", (tmp,), "verify the staged copy's sha256"),
             ("seal", (tmp,), "mode 0755, flush"),
-            ("keep_and_install", (tmp, final, prev), f"keep the old binary as {prev}, install"),
+            (
+                "keep_and_install",
+                (tmp, final, prev),
+                f"keep the old binary as {prev} (unless it is this one), install",
+            ),
             ("sha256", (final,), "verify the installed binary's sha256"),
             ("write", (manifest_path,), f"write {manifest_path}"),
         ]
@@ -278,22 +294,35 @@ class SshSite(Site):
     def _target(self) -> str:
         return f"{self.dest.user}@{self.dest.host}" if self.dest.user else self.dest.host
 
+    def _failure(self, op: str, code: int, stderr: bytes) -> FlashError:
+        """One line for a failed step: the reason first (ssh's own, or the board's), then where.
+
+        The script itself is not repeated (`--dry-run` prints it): it would
+        bury the reason. Exit 255 is ssh's own failure (connect, log in).
+        """
+        lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+        reason = next((line for line in reversed(lines) if line), f"exit {code}")
+        port = self.dest.port or self.options.port
+        where = self._target() + (f":{port}" if port else "")
+        step = _SSH_STEPS[op]
+        if code != 255:
+            return FlashError(f"{reason} (on {where}, {step}: exit {code})")
+        hint = next((h for known, h in _SSH_HINTS if known in reason), "")
+        return FlashError(f"{reason} (ssh to {where}, {step}){hint}")
+
     def argv(self, script: str) -> list[str]:
         """The ssh command running script in the remote shell."""
         return ["ssh", *self.options.argv(self.dest.port), self._target(), script]
 
-    def _run(self, script: str, data: bytes | None = None, timeout: float | None = None) -> str:
-        argv = self.argv(script)
+    def _run(self, op: str, *args: Any, data: bytes | None = None) -> str:
+        """Run one step's script (_SSH_SCRIPTS[op]); its stdout, FlashError if it fails."""
+        argv = self.argv(_SSH_SCRIPTS[op](*args))
         try:
-            proc = run(argv, timeout=timeout or self.timeouts.command, input=data)
+            proc = run(argv, timeout=self.timeouts.command, input=data)
         except Timeout as exc:
-            raise FlashError(f"ssh to {self._target()}: {exc}") from None
+            raise FlashError(f"ssh to {self._target()}: {exc} ({_SSH_STEPS[op]})") from None
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip()
-            raise FlashError(
-                f"remote command failed (exit {proc.returncode}) on {self._target()}: "
-                f"{script}\n{err}"
-            )
+            raise self._failure(op, proc.returncode, proc.stderr)
         return proc.stdout.decode(errors="replace")
 
     def describe(self, op: str, *args: str) -> str:
@@ -301,10 +330,10 @@ class SshSite(Site):
 
     def check(self) -> None:
         parent = str(PurePosixPath(self.dest.path).parent)
-        self._run(_SSH_SCRIPTS["check"](parent))
+        self._run("check", parent)
 
     def sha256(self, path: str) -> str | None:
-        out = self._run(_SSH_SCRIPTS["sha256"](path)).strip()
+        out = self._run("sha256", path).strip()
         if out == "MISSING":
             return None
         digest = out.split()[0] if out else ""
@@ -343,20 +372,17 @@ class SshSite(Site):
         if expired.is_set():
             raise FlashError(f"copy to {self._target()} exceeded {self.timeouts.transfer:g}s")
         if proc.returncode != 0 or size < 0:
-            raise FlashError(
-                f"copy to {self._target()}:{tmp} failed (ssh exit {proc.returncode}): "
-                f"{err.decode(errors='replace').strip()}"
-            )
+            raise self._failure("upload", proc.returncode, err)
         return digest, size
 
     def seal(self, tmp: str) -> None:
-        self._run(_SSH_SCRIPTS["seal"](tmp))
+        self._run("seal", tmp)
 
     # One round trip each instead of one per step: an ssh handshake costs
     # most of a second on a small board.
     def prepare(self, final: str, manifest_path: str) -> tuple[str | None, bytes | None]:
         parent = str(PurePosixPath(final).parent)
-        out = self._run(_SSH_SCRIPTS["prepare"](parent, final, manifest_path))
+        out = self._run("prepare", parent, final, manifest_path)
         first, _, rest = out.partition("\n")
         marker, _, manifest = rest.partition("\n")
         digest = None if first.strip() == "MISSING" else first.split()[0] if first else ""
@@ -364,8 +390,8 @@ class SshSite(Site):
             raise FlashError(f"unexpected sha256sum output from {self._target()}: {first!r}")
         return digest, manifest.encode() if marker == "MANIFEST" else None
 
-    def commit(self, tmp: str, final: str, prev: str, digest: str) -> None:
-        out = self._run(_SSH_SCRIPTS["commit"](tmp, final, prev, digest)).strip()
+    def commit(self, tmp: str, final: str, prev: str, digest: str, keep: bool = True) -> None:
+        out = self._run("commit", tmp, final, prev, digest, keep).strip()
         installed = out.split()[0] if out else ""
         if installed != digest:
             raise FlashError(f"{final} has sha256 {installed} after the rename, expected {digest}")
@@ -381,7 +407,8 @@ class SshSite(Site):
             ),
             (f"stage {source} as {tmp}", self.describe("upload", tmp)),
             (
-                f"verify the staged sha256, mode 0755, sync, keep the old binary as {prev}, "
+                f"verify the staged sha256, mode 0755, sync, keep the old binary as {prev} "
+                "(unless it is this one), "
                 "rename into place, verify again",
                 self.describe("commit", tmp, final, prev, "SHA256"),
             ),
@@ -393,8 +420,8 @@ class SshSite(Site):
             )
         return steps
 
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
-        self._run(_SSH_SCRIPTS["keep_and_install"](tmp, final, prev))
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
+        self._run("keep_and_install", tmp, final, prev, keep)
 
     def read(self, path: str) -> bytes | None:
         argv = self.argv(_SSH_SCRIPTS["read"](path))
@@ -405,20 +432,17 @@ class SshSite(Site):
         if proc.returncode == 3:
             return None
         if proc.returncode != 0:
-            raise FlashError(
-                f"reading {path} on {self._target()} failed: "
-                f"{proc.stderr.decode(errors='replace').strip()}"
-            )
+            raise self._failure("read", proc.returncode, proc.stderr)
         return proc.stdout
 
     def write(self, path: str, data: bytes) -> None:
-        self._run(_SSH_SCRIPTS["write"](path), data=data)
+        self._run("write", path, data=data)
 
     def remove(self, path: str) -> None:
-        self._run(_SSH_SCRIPTS["remove"](path))
+        self._run("remove", path)
 
     def copy_over(self, src: str, dst: str, tmp: str) -> None:
-        self._run(_SSH_SCRIPTS["copy_over"](src, dst, tmp))
+        self._run("copy_over", src, dst, tmp)
 
     def restart(self, command: str) -> tuple[int, str]:
         try:
@@ -441,15 +465,47 @@ def _ssh_check(d: str) -> str:
     )
 
 
-def _ssh_keep_and_install(t: str, f: str, p: str) -> str:
+def _ssh_keep_and_install(t: str, f: str, p: str, keep: bool = True) -> str:
     """.prev by hard link (or copy, e.g. on vfat), replaced atomically; then the rename."""
+    install = f"mv -f {_q(t)} {_q(f)}; sync"
+    if not keep:
+        return install
     staging = _q(p + TMP_SUFFIX)
     return (
         f"if [ -e {_q(f)} ]; then "
         f"ln -f {_q(f)} {staging} 2>/dev/null || cp -p {_q(f)} {staging}; "
-        f"mv -f {staging} {_q(p)}; fi; mv -f {_q(t)} {_q(f)}; sync"
+        f"mv -f {staging} {_q(p)}; fi; " + install
     )
 
+
+# What each step was doing, for error messages.
+_SSH_STEPS: dict[str, str] = {
+    "check": "checking the destination",
+    "prepare": "checking the destination",
+    "sha256": "reading a sha256",
+    "upload": "copying the binary",
+    "seal": "sealing the staged copy",
+    "commit": "verifying and installing the binary",
+    "keep_and_install": "installing the binary",
+    "read": "reading the manifest",
+    "write": "writing the manifest",
+    "remove": "removing a file",
+    "copy_over": "putting the previous binary back",
+}
+
+# Known ssh failures (exit 255) and what to do about them.
+_SSH_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "Permission denied",
+        "; flash logs in with a key only (ssh BatchMode): set blkgen.flash.ssh_identity_file "
+        "or add the key to ssh-agent (README: Board workflow)",
+    ),
+    (
+        "Host key verification failed",
+        "; the board's host key is not the known one: see blkgen.flash.ssh_known_hosts_file "
+        "and ssh_strict_host_key_checking",
+    ),
+)
 
 # Remote POSIX sh scripts (coreutils or busybox): one per step.
 _SSH_SCRIPTS: dict[str, Callable[..., str]] = {
@@ -460,24 +516,25 @@ _SSH_SCRIPTS: dict[str, Callable[..., str]] = {
         + f"; if [ -e {_q(f)} ]; then sha256sum -- {_q(f)}; else echo MISSING; fi"
         + f"; if [ -f {_q(m)} ]; then echo MANIFEST; cat -- {_q(m)}; else echo NONE; fi"
     ),
-    "commit": lambda t, f, p, digest: (
+    "commit": lambda t, f, p, digest, keep=True: (
         f"set -e; actual=$(sha256sum -- {_q(t)} | cut -d' ' -f1); "
         f'if [ "$actual" != {_q(digest)} ]; then rm -f -- {_q(t)}; '
         f'echo "staged copy has sha256 $actual, expected {digest}" >&2; exit 4; fi; '
-        f"chmod 0755 {_q(t)}; sync; " + _ssh_keep_and_install(t, f, p) + f"; sha256sum -- {_q(f)}"
+        f"chmod 0755 {_q(t)}; sync; "
+        + _ssh_keep_and_install(t, f, p, keep)
+        + f"; sha256sum -- {_q(f)}"
     ),
     "upload": lambda t: f"umask 022 && cat > {_q(t)}",
     "seal": lambda t: f"chmod 0755 {_q(t)} && sync",
-    "keep_and_install": lambda t, f, p: "set -e; " + _ssh_keep_and_install(t, f, p),
+    "keep_and_install": lambda t, f, p, keep=True: (
+        "set -e; " + _ssh_keep_and_install(t, f, p, keep)
+    ),
     "read": lambda p: f"if [ -f {_q(p)} ]; then cat -- {_q(p)}; else exit 3; fi",
     "write": lambda p: (
         f"umask 022 && cat > {_q(p + TMP_SUFFIX)} && mv -f {_q(p + TMP_SUFFIX)} {_q(p)} && sync"
     ),
     "remove": lambda p: f"rm -f -- {_q(p)} && sync",
-    "copy_over": lambda s, d, t: (
-        f"set -e; ln -f {_q(s)} {_q(t)} 2>/dev/null || cp -p {_q(s)} {_q(t)}; "
-        f"mv -f {_q(t)} {_q(d)}; sync"
-    ),
+    "copy_over": lambda s, d, t: f"set -e; cp -p {_q(s)} {_q(t)}; mv -f {_q(t)} {_q(d)}; sync",
     "restart": lambda c: c,
 }
 
@@ -532,7 +589,7 @@ class DirSite(Site):
             "read": lambda p: f"read {p}",
             "write": lambda p: f"write {p} atomically (tmp, fsync, rename)",
             "remove": lambda p: f"remove {p}",
-            "copy_over": lambda s, d, t: f"link/copy {s} to {t}, rename {t} -> {d}",
+            "copy_over": lambda s, d, t: f"copy {s} to {t}, rename {t} -> {d}",
             "restart": lambda c: f"sh -c {shlex.quote(c)}   (on this machine)",
         }
         return steps[op](*args)
@@ -562,14 +619,15 @@ class DirSite(Site):
         finally:
             os.close(fd)
 
-    def _link_or_copy(self, src: str, dst: str) -> None:
-        """dst becomes src's bytes, atomically (via dst + TMP_SUFFIX)."""
+    def _link_or_copy(self, src: str, dst: str, link: bool = True) -> None:
+        """dst becomes src's bytes, atomically (via dst + TMP_SUFFIX); a hard link if link."""
         staging = dst + TMP_SUFFIX
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
-        try:
-            os.link(src, staging)
-        except OSError:  # e.g. vfat: no hard links
+        if link:
+            with contextlib.suppress(OSError):  # e.g. vfat: no hard links
+                os.link(src, staging)
+        if not os.path.lexists(staging):
             shutil.copy2(src, staging)
             fd = os.open(staging, os.O_RDONLY)
             try:
@@ -578,8 +636,8 @@ class DirSite(Site):
                 os.close(fd)
         os.replace(staging, dst)
 
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
-        if os.path.lexists(final):
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
+        if keep and os.path.lexists(final):
             self._link_or_copy(final, prev)
         os.replace(tmp, final)
         _fsync_dir(Path(final).parent)
@@ -604,7 +662,7 @@ class DirSite(Site):
         _fsync_dir(Path(path).parent)
 
     def copy_over(self, src: str, dst: str, tmp: str) -> None:
-        self._link_or_copy(src, dst)
+        self._link_or_copy(src, dst, link=False)
         _fsync_dir(Path(dst).parent)
 
     def restart(self, command: str) -> tuple[int, str]:
@@ -783,9 +841,11 @@ class ImageSite(Site):
         finally:
             os.close(fd)
 
-    def keep_and_install(self, tmp: str, final: str, prev: str) -> None:
+    def keep_and_install(self, tmp: str, final: str, prev: str, keep: bool = True) -> None:
         commands: list[str] = []
-        if self.exists(final):
+        if self.exists(final) and not keep:
+            commands.append(f"rm {final}")
+        elif self.exists(final):
             if self.exists(prev):
                 commands.append(f"rm {prev}")
             commands += [f"ln {final} {prev}", f"unlink {final}"]
@@ -849,9 +909,10 @@ class Outcome:
     final: str
     sha256: str
     size: int
-    previous_sha256: str | None
+    previous_sha256: str | None  # what NAME.prev holds (the manifest's previous_sha256)
     manifest: dict[str, object]
     restarted: bool = False
+    redeployed: bool = False  # the binary there had the same sha256; .prev was left alone
 
 
 def _now() -> str:
@@ -885,8 +946,14 @@ def deploy(
     say(f"==> staging {artifact.path.name} as {tmp}")
     try:
         digest, size = site.upload(artifact.path, tmp)
-        say(f"==> verifying {digest} ({size} bytes), keeping {prev}, installing {final}")
-        site.commit(tmp, final, prev, digest)
+        # The same bytes again: making them .prev would lose the real previous binary.
+        redeploy = digest == old_sha
+        keeping = (
+            f"keeping {prev} as it is (same sha256 as {final})" if redeploy else f"keeping {prev}"
+        )
+        say(f"==> verifying {digest} ({size} bytes), {keeping}, installing {final}")
+        site.commit(tmp, final, prev, digest, keep=not redeploy)
+        previous = site.sha256(prev) if redeploy else old_sha
     except BaseException:
         with contextlib.suppress(Exception):
             site.remove(tmp)
@@ -897,13 +964,13 @@ def deploy(
         "file": PurePosixPath(final).name,
         "sha256": digest,
         "size": size,
-        "previous_sha256": old_sha,
+        "previous_sha256": previous,
         "destination": site.dest.spec,
         "deployed_at": _now(),
     }
     site.write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     say(f"==> wrote {manifest_path}")
-    outcome = Outcome(final, digest, size, old_sha, manifest)
+    outcome = Outcome(final, digest, size, previous, manifest, redeployed=redeploy)
     if not restart:
         return outcome
     say(f"==> restart: {restart}")
@@ -914,15 +981,16 @@ def deploy(
         outcome.restarted = True
         return outcome
     say(f"!!  restart failed (exit {code}); rolling back")
-    if old_sha is not None:
+    if redeploy:
+        # The binary is the one that was there; only the manifest changed.
+        _put_back_manifest(site, manifest_path, old_manifest)
+        say(f"==> {final} was already this binary ({old_sha}); previous manifest put back")
+    elif old_sha is not None:
         site.copy_over(prev, final, tmp)
         back = site.sha256(final)
         if back != old_sha:
             raise FlashError(f"rollback of {final} failed: sha256 {back}, expected {old_sha}")
-        if old_manifest is not None:
-            site.write(manifest_path, old_manifest)
-        else:
-            site.remove(manifest_path)
+        _put_back_manifest(site, manifest_path, old_manifest)
         say(f"==> {final} is the previous binary again ({old_sha})")
         code2, output2 = site.restart(restart)
         again = "succeeded" if code2 == 0 else f"failed too (exit {code2}): {output2.strip()}"
@@ -934,6 +1002,14 @@ def deploy(
     raise FlashError(f"restart command failed (exit {code}); rolled back {final}")
 
 
+def _put_back_manifest(site: Site, manifest_path: str, old: bytes | None) -> None:
+    """Restore the manifest a deployment replaced (remove it if there was none)."""
+    if old is not None:
+        site.write(manifest_path, old)
+    else:
+        site.remove(manifest_path)
+
+
 @dataclass
 class Status:
     """What `status` found at a destination."""
@@ -942,6 +1018,11 @@ class Status:
     manifest: dict[str, object] | None
     sha256: str | None
     prev_sha256: str | None
+
+    @property
+    def present(self) -> bool:
+        """There is a binary or a manifest."""
+        return self.manifest is not None or self.sha256 is not None
 
     @property
     def matches(self) -> bool:
@@ -966,6 +1047,49 @@ def status(site: Site) -> Status:
             raise FlashError(f"{manifest_path}: not valid JSON ({exc})") from None
         manifest = loaded if isinstance(loaded, dict) else None
     return Status(final, manifest, site.sha256(final), site.sha256(prev))
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What `flash --status` found at DEST: one Status per artifact looked for there."""
+
+    dest: str
+    found: tuple[Status, ...]
+
+    @property
+    def problem(self) -> str | None:
+        """Why the status check fails (exit 1), or None.
+
+        A binary without a manifest was not deployed by blkgen: it fails the
+        check only when it is the one binary asked about. Looking at a
+        directory, the check fails when a blkgen artifact there differs from
+        its manifest, or when there is none.
+        """
+        differ = [st.final for st in self.found if st.manifest is not None and not st.matches]
+        if len(self.found) == 1 and not self.found[0].matches:
+            return f"{self.found[0].final} does not match a blkgen manifest"
+        if differ:
+            return f"{', '.join(differ)}: not what the manifest says was deployed"
+        if not any(st.manifest is not None for st in self.found):
+            looked = ", ".join(names(st.final)[2] for st in self.found)
+            return f"no blkgen artifact at {self.dest} (none of {looked} exists)"
+        return None
+
+
+def survey(dest: str, sites: list[Site]) -> Survey:
+    """The status of each site (the artifacts DEST can hold, see `artifact_dests`)."""
+    return Survey(dest, tuple(status(site) for site in sites))
+
+
+def format_survey(sv: Survey) -> str:
+    """Human-readable report: each artifact found, and the ones that are not there."""
+    if len(sv.found) == 1:
+        return format_status(sv.found[0])
+    blocks = [
+        format_status(st) if st.present else f"absent:    {st.final} (no binary, no manifest)"
+        for st in sv.found
+    ]
+    return "\n\n".join(blocks)
 
 
 def format_status(st: Status) -> str:
