@@ -25,7 +25,7 @@ from toolchain.bench.stall import StallConfig, run_stall
 from toolchain.bridge import differential
 from toolchain.build import BuildError
 from toolchain.junit import totals, totals_of
-from toolchain.render import CLANG_FORMAT_STYLE
+from toolchain.render import CLANG_FORMAT_STYLE, TemplateError
 from toolchain.spec import SpecError
 from toolchain.targets import load_target, target_names
 from toolchain.tools import MissingTool, require
@@ -128,7 +128,7 @@ def gen(c: Context, spec: list[str] | None = None, check: bool = False) -> None:
         report = project.generate(LAYOUT, list(spec) if spec else None, check)
     except SpecError as exc:
         raise _fail(f"invalid spec:\n{exc}") from None
-    except MissingTool as exc:
+    except (MissingTool, TemplateError) as exc:
         raise _fail(str(exc)) from None
     if check:
         drift = report.stale + report.extra

@@ -1,21 +1,35 @@
 """Every spec rule has a tiny bad spec and its exact expected message.
 
+So has every way a template can break (tests/spec_errors/templates/: each
+case stands in for virtio_blk.h.j2 in a scratch copy of templates/).
+
 Run `pytest tests/test_spec_errors.py --update-golden` to rewrite the .err
 files after an intended change of wording, then review the diff.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from toolchain.render import TemplateError, render_spec
 from toolchain.spec import SpecError, load_spec
 
 CASES = Path(__file__).parent / "spec_errors"
 BAD_SPECS = sorted(CASES.glob("*.yaml"))
+BAD_TEMPLATES = sorted((CASES / "templates").glob("*.j2"))
+
+
+def check_golden(got: str, expected: Path, update: bool) -> None:
+    """got must equal the golden file expected (rewritten instead when update)."""
+    if update:
+        expected.write_text(got)
+    assert expected.is_file(), f"no golden file {expected.name}; run with --update-golden"
+    assert got == expected.read_text()
 
 
 @pytest.mark.parametrize("bad", BAD_SPECS, ids=[p.stem for p in BAD_SPECS])
@@ -24,16 +38,26 @@ def test_bad_spec_is_refused_with_the_expected_message(
 ) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(bad, root)
-    got = str(info.value) + "\n"
-    expected = bad.with_suffix(".err")
-    if update_golden:
-        expected.write_text(got)
-    assert expected.is_file(), f"no golden file {expected.name}; run with --update-golden"
-    assert got == expected.read_text()
+    check_golden(str(info.value) + "\n", bad.with_suffix(".err"), update_golden)
 
 
-def test_every_golden_file_has_its_spec() -> None:
+@pytest.mark.parametrize("bad", BAD_TEMPLATES, ids=[p.stem for p in BAD_TEMPLATES])
+def test_broken_template_is_reported_as_template_line_and_message(
+    bad: Path, root: Path, tmp_path: Path, update_golden: bool
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(root / "templates", templates)
+    shutil.copyfile(bad, templates / "virtio_blk.h.j2")
+    with pytest.raises(TemplateError) as info:
+        render_spec(load_spec(root / "spec" / "virtio-blk.yaml", root), templates)
+    check_golden(str(info.value) + "\n", bad.with_suffix(".err"), update_golden)
+
+
+def test_every_golden_file_has_its_case() -> None:
     orphans = [e.name for e in CASES.glob("*.err") if not e.with_suffix(".yaml").is_file()]
+    orphans += [
+        e.name for e in (CASES / "templates").glob("*.err") if not e.with_suffix(".j2").is_file()
+    ]
     assert orphans == []
 
 
