@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
 from toolchain import board, flash, hvisor, project
 from toolchain import fuzz as fuzzing
@@ -24,6 +24,7 @@ from toolchain import mutants as mutation
 from toolchain.bench.stall import StallConfig, run_stall
 from toolchain.bridge import differential
 from toolchain.build import BuildError
+from toolchain.cli import task
 from toolchain.junit import totals, totals_of
 from toolchain.render import CLANG_FORMAT_STYLE, TemplateError
 from toolchain.spec import SpecError

@@ -1,7 +1,9 @@
 """Every spec rule has a tiny bad spec and its exact expected message.
 
 So has every way a template can break (tests/spec_errors/templates/: each
-case stands in for virtio_blk.h.j2 in a scratch copy of templates/).
+case stands in for virtio_blk.h.j2 in a scratch copy of templates/), and
+every mistake on invoke's command line or in its environment
+(tests/spec_errors/cli/: the exact stderr of `python3 -m invoke ...`).
 
 Run `pytest tests/test_spec_errors.py --update-golden` to rewrite the .err
 files after an intended change of wording, then review the diff.
@@ -9,6 +11,7 @@ files after an intended change of wording, then review the diff.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -112,3 +115,45 @@ def test_unknown_spec_name_suggests_the_near_miss(root: Path) -> None:
     )
     assert proc.returncode == 1
     assert "did you mean 'virtio-blk'?" in proc.stderr
+
+
+def run_invoke(
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.PIPE,
+) -> subprocess.CompletedProcess[str]:
+    """`python3 -m invoke ARGS` in the project, with no INVOKE_* settings but env's."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=root,
+        env={**clean, **(env or {})},
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+
+
+CLI_CASES = {
+    # a non-number for a numeric option: int and float options alike
+    "fuzz_seconds_not_a_number": (["fuzz", "--seconds", "abc"], {}),
+    "fuzz_jobs_not_an_integer": (["fuzz", "--jobs", "1.5"], {}),
+    "hvisor_jobs_not_a_number": (["hvisor", "--jobs", "x"], {}),
+    "bench_seconds_not_a_number": (["bench", "--seconds", "ten"], {}),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_a_mistake_on_the_command_line_exits_1_with_one_line(
+    case: str, root: Path, update_golden: bool
+) -> None:
+    args, env = CLI_CASES[case]
+    proc = run_invoke(root, *args, env=env)
+    assert proc.returncode == 1, proc.stderr
+    check_golden(proc.stderr, CASES / "cli" / f"{case}.err", update_golden)
+
+
+def test_every_cli_golden_file_has_its_case() -> None:
+    assert sorted(e.stem for e in (CASES / "cli").glob("*.err")) == sorted(CLI_CASES)
