@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from toolchain import cli
 from toolchain.render import TemplateError, render_spec
 from toolchain.spec import SpecError, load_spec
 
@@ -142,6 +143,8 @@ CLI_CASES = {
     "fuzz_jobs_not_an_integer": (["fuzz", "--jobs", "1.5"], {}),
     "hvisor_jobs_not_a_number": (["hvisor", "--jobs", "x"], {}),
     "bench_seconds_not_a_number": (["bench", "--seconds", "ten"], {}),
+    # a number setting in the environment that is not one
+    "env_fuzz_seconds_not_a_number": (["gen", "--check"], {"INVOKE_BLKGEN_FUZZ_SECONDS": "ten"}),
 }
 
 
@@ -157,3 +160,20 @@ def test_a_mistake_on_the_command_line_exits_1_with_one_line(
 
 def test_every_cli_golden_file_has_its_case() -> None:
     assert sorted(e.stem for e in (CASES / "cli").glob("*.err")) == sorted(CLI_CASES)
+
+
+def test_a_list_setting_in_the_environment_is_a_comma_separated_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = cli.Config()
+    config.load_collection({"blkgen": {"targets": ["rk3588"], "flash": {"ssh_options": ["A=1"]}}})
+    monkeypatch.setenv("INVOKE_BLKGEN_TARGETS", " host , host-asan,")
+    monkeypatch.setenv("INVOKE_BLKGEN_FLASH_SSH_OPTIONS", "")
+    config.load_shell_env()
+    assert config.blkgen.targets == ["host", "host-asan"]
+    assert config.blkgen.flash.ssh_options == []
+
+
+def test_invoke_accepts_a_list_setting_from_the_environment(root: Path) -> None:
+    proc = run_invoke(root, "gen", "--check", env={"INVOKE_BLKGEN_TARGETS": "host"})
+    assert (proc.returncode, proc.stderr) == (0, "")

@@ -1,20 +1,33 @@
 """How `invoke` runs our tasks: user mistakes end in one line, never a traceback.
 
+Two hooks into invoke, each the one place for its kind of mistake:
+
 - `task` (used by tasks.py instead of invoke's): a numeric option given a
-  non-number (`--seconds abc`) is a parse error, `error: --seconds: ...`,
-  which invoke's Program prints before exiting 1.
+  non-number (`--seconds abc`) is a parse error, `error: --seconds: ...`.
+- `Executor` (named by invoke.yaml's `tasks.executor_class`): every task runs
+  under it. It reads INVOKE_BLKGEN_* variables with `Config` (a list setting
+  takes a comma-separated list; a bad value is `error: VAR: ...`).
+
+Everything is raised as invoke's own Exit or ParseError, which invoke's
+Program prints and exits with.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import invoke
+from invoke.env import Environment
 from invoke.exceptions import ParseError
 from invoke.parser import Argument
 
 _NUMBER_NAMES = {int: "an integer", float: "a number"}
+
+
+class UsageError(Exception):
+    """A mistake in how the toolkit was called (options, environment): printed as error: ..."""
 
 
 def _expected(kind: type) -> str:
@@ -57,3 +70,55 @@ class Task(invoke.Task):
 
 #: `@task` and `@task(...)` as with invoke, making our Task.
 task = functools.partial(invoke.task, klass=Task)
+
+
+def split_list(value: str) -> list[str]:
+    """An environment variable's value for a list setting: 'a, b' -> ['a', 'b']; '' -> []."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class _Environment(Environment):
+    """invoke's environment loader, reading lists as comma-separated words."""
+
+    def _cast(self, old: Any, new: Any) -> Any:
+        if isinstance(old, list | tuple):
+            return split_list(new)
+        return super()._cast(old, new)
+
+    def _path_set(self, key_path: Sequence[str], value: str) -> None:
+        try:
+            super()._path_set(key_path, value)
+        except (ValueError, TypeError):
+            var = (self._prefix or "") + self._to_env_var(key_path)
+            old = self._path_get(key_path)
+            raise UsageError(f"{var}: expected {_expected(type(old))}, got '{value}'") from None
+
+
+class Config(invoke.Config):
+    """invoke's Config, loading the shell environment with _Environment."""
+
+    def load_shell_env(self) -> None:
+        """As invoke's, but list settings take 'a,b' and bad values are UsageErrors."""
+        self.merge()
+        loader = _Environment(config=self._config, prefix=self._env_prefix)
+        self._set(_env=loader.load())
+        self.merge()
+
+
+class Executor(invoke.Executor):
+    """invoke's Executor, with our Config."""
+
+    def __init__(
+        self,
+        collection: invoke.Collection,
+        config: invoke.Config | None = None,
+        core: Any = None,
+    ) -> None:
+        super().__init__(collection, (config or Config()).clone(into=Config), core)
+
+    def execute(self, *tasks: Any) -> Any:
+        """Run the tasks; a UsageError becomes an invoke Exit."""
+        try:
+            return super().execute(*tasks)
+        except UsageError as exc:
+            raise invoke.Exit(f"error: {exc}", code=1) from None
