@@ -18,7 +18,7 @@ from typing import cast
 
 from invoke import Collection, Context, Exit
 
-from toolchain import board, flash, hvisor, project
+from toolchain import board, cli, flash, hvisor, project
 from toolchain import fuzz as fuzzing
 from toolchain import mutants as mutation
 from toolchain.bench.stall import StallConfig, run_stall
@@ -32,6 +32,7 @@ from toolchain.targets import load_target, target_names
 from toolchain.tools import MissingTool, require
 
 ROOT = Path(__file__).resolve().parent
+cli.quiet_broken_pipe()  # `invoke --list | head`; tasks' own errors: cli.Executor
 LAYOUT = project.Layout(ROOT)
 
 APT_PACKAGES = [

@@ -118,16 +118,38 @@ def test_unknown_spec_name_suggests_the_near_miss(root: Path) -> None:
     assert "did you mean 'virtio-blk'?" in proc.stderr
 
 
+# Runs tasks.py as `python3 -m invoke` does, after patching the toolchain:
+# what CLI_PRELUDE_<name> in the environment names happens inside the task.
+CLI_PRELUDE = """
+import os, signal, sys, time
+from pathlib import Path
+from toolchain import project
+if os.environ.get("CLI_PRELUDE_SIGINT"):
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C does, while the task runs
+        time.sleep(30)
+    project.generate = interrupted
+if os.environ.get("CLI_PRELUDE_TEMPLATES"):
+    project.Layout.template_dir = property(
+        lambda self: Path(os.environ["CLI_PRELUDE_TEMPLATES"])
+    )
+from invoke.main import program
+program.run(["invoke", *sys.argv[1:]])
+"""
+
+
 def run_invoke(
     root: Path,
     *args: str,
     env: dict[str, str] | None = None,
+    prelude: bool = False,
     stdout: int = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[str]:
     """`python3 -m invoke ARGS` in the project, with no INVOKE_* settings but env's."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
+    command = [sys.executable, "-c", CLI_PRELUDE] if prelude else [sys.executable, "-m", "invoke"]
     return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
+        [*command, *args],
         cwd=root,
         env={**clean, **(env or {})},
         stdout=stdout,
@@ -177,3 +199,47 @@ def test_a_list_setting_in_the_environment_is_a_comma_separated_list(
 def test_invoke_accepts_a_list_setting_from_the_environment(root: Path) -> None:
     proc = run_invoke(root, "gen", "--check", env={"INVOKE_BLKGEN_TARGETS": "host"})
     assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_a_broken_template_fails_invoke_gen_with_template_and_line(
+    root: Path, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(root / "templates", templates)
+    shutil.copyfile(CASES / "templates" / "undefined_attribute.j2", templates / "virtio_blk.h.j2")
+    proc = run_invoke(
+        root,
+        "gen",
+        "--check",
+        "--spec",
+        "virtio-blk",
+        prelude=True,
+        env={"CLI_PRELUDE_TEMPLATES": str(templates)},
+    )
+    expected = (CASES / "templates" / "undefined_attribute.err").read_text()
+    assert (proc.returncode, proc.stderr) == (1, f"error: {expected}")
+
+
+def test_ctrl_c_in_a_task_exits_130_saying_interrupted(root: Path) -> None:
+    proc = run_invoke(root, "gen", "--check", prelude=True, env={"CLI_PRELUDE_SIGINT": "1"})
+    assert (proc.returncode, proc.stderr) == (cli.INTERRUPTED, "interrupted\n")
+
+
+def test_output_into_a_closed_pipe_ends_quietly(root: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line, as after `| head -0`
+    try:
+        proc = run_invoke(root, "gen", "--check", stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (cli.BROKEN_PIPE, "")
+
+
+def test_invoke_list_into_a_closed_pipe_ends_quietly(root: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # invoke's own output: no task, no Executor runs
+    try:
+        proc = run_invoke(root, "--list", stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (cli.BROKEN_PIPE, "")

@@ -1,12 +1,17 @@
 """How `invoke` runs our tasks: user mistakes end in one line, never a traceback.
 
-Two hooks into invoke, each the one place for its kind of mistake:
+Three hooks into invoke, each the one place for its kind of mistake:
 
 - `task` (used by tasks.py instead of invoke's): a numeric option given a
   non-number (`--seconds abc`) is a parse error, `error: --seconds: ...`.
 - `Executor` (named by invoke.yaml's `tasks.executor_class`): every task runs
   under it. It reads INVOKE_BLKGEN_* variables with `Config` (a list setting
-  takes a comma-separated list; a bad value is `error: VAR: ...`).
+  takes a comma-separated list; a bad value is `error: VAR: ...`), turns
+  Ctrl-C into "interrupted" and exit status 130, and a closed output pipe
+  (`invoke ... | head`) into a quiet exit.
+- `quiet_broken_pipe()` (called by tasks.py): the same quiet exit when the
+  pipe closes under invoke's own output (`invoke --list | head -3`), which
+  no task and no Executor sees.
 
 Everything is raised as invoke's own Exit or ParseError, which invoke's
 Program prints and exits with.
@@ -15,13 +20,21 @@ Program prints and exits with.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import invoke
 from invoke.env import Environment
-from invoke.exceptions import ParseError
+from invoke.exceptions import ParseError, ThreadException
 from invoke.parser import Argument
+
+#: Exit status after Ctrl-C, as a shell reports a command killed by SIGINT.
+INTERRUPTED = 130
+#: Exit status when the reader of our output went away (SIGPIPE), as a shell
+#: reports `yes | head`: nothing is printed, there is no one left to read it.
+BROKEN_PIPE = 141
 
 _NUMBER_NAMES = {int: "an integer", float: "a number"}
 
@@ -105,8 +118,37 @@ class Config(invoke.Config):
         self.merge()
 
 
+def _only_broken_pipes(exc: ThreadException) -> bool:
+    return all(isinstance(w.value, BrokenPipeError) for w in exc.exceptions)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the exit's flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def quiet_broken_pipe() -> None:
+    """Exit quietly (status 141) on a BrokenPipeError nothing caught, else as before.
+
+    For invoke's own output (--list, --help), printed before any task runs;
+    a task's output is the Executor's to handle.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(kind, BrokenPipeError):
+            previous(kind, value, tb)
+            return
+        _silence_stdout()
+        os._exit(BROKEN_PIPE)  # raising SystemExit from a hook only prints it
+
+    sys.excepthook = hook
+
+
 class Executor(invoke.Executor):
-    """invoke's Executor, with our Config."""
+    """invoke's Executor: our Config, and Ctrl-C or a closed pipe as a plain exit."""
 
     def __init__(
         self,
@@ -117,8 +159,21 @@ class Executor(invoke.Executor):
         super().__init__(collection, (config or Config()).clone(into=Config), core)
 
     def execute(self, *tasks: Any) -> Any:
-        """Run the tasks; a UsageError becomes an invoke Exit."""
+        """Run the tasks; mistakes and interruptions become invoke Exits."""
         try:
-            return super().execute(*tasks)
+            try:
+                return super().execute(*tasks)
+            finally:  # a pipe's reader may be gone: find out here, not at exit
+                sys.stdout.flush()
         except UsageError as exc:
             raise invoke.Exit(f"error: {exc}", code=1) from None
+        except KeyboardInterrupt:
+            raise invoke.Exit("interrupted", code=INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise invoke.Exit(code=BROKEN_PIPE) from None
+        except ThreadException as exc:  # c.run's output threads found the pipe closed
+            if not _only_broken_pipes(exc):
+                raise
+            _silence_stdout()
+            raise invoke.Exit(code=BROKEN_PIPE) from None
