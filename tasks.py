@@ -16,21 +16,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
-from toolchain import board, flash, hvisor, project
+from toolchain import board, cli, flash, hvisor, project
 from toolchain import fuzz as fuzzing
 from toolchain import mutants as mutation
 from toolchain.bench.stall import StallConfig, run_stall
 from toolchain.bridge import differential
 from toolchain.build import BuildError
+from toolchain.cli import task
 from toolchain.junit import totals, totals_of
-from toolchain.render import CLANG_FORMAT_STYLE
+from toolchain.render import CLANG_FORMAT_STYLE, TemplateError
 from toolchain.spec import SpecError
 from toolchain.targets import load_target, target_names
 from toolchain.tools import MissingTool, require
 
 ROOT = Path(__file__).resolve().parent
+cli.quiet_broken_pipe()  # `invoke --list | head`; tasks' own errors: cli.Executor
 LAYOUT = project.Layout(ROOT)
 
 APT_PACKAGES = [
@@ -128,7 +130,7 @@ def gen(c: Context, spec: list[str] | None = None, check: bool = False) -> None:
         report = project.generate(LAYOUT, list(spec) if spec else None, check)
     except SpecError as exc:
         raise _fail(f"invalid spec:\n{exc}") from None
-    except MissingTool as exc:
+    except (MissingTool, TemplateError) as exc:
         raise _fail(str(exc)) from None
     if check:
         drift = report.stale + report.extra

@@ -8,6 +8,7 @@ exactly what hvisor-tool's style check accepts.
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import jinja2
@@ -27,6 +28,51 @@ OUTPUTS: dict[str, str] = {
     "virtio_blk.h": "virtio_blk.h.j2",
     "virtio_blk.c": "virtio_blk.c.j2",
 }
+
+
+class TemplateError(Exception):
+    """A template that does not render: template:line: what went wrong.
+
+    The template is named relative to the template directory's parent
+    (templates/virtio_blk.c.j2), so messages never carry a machine's path.
+    """
+
+    def __init__(self, template: str, line: int | None, message: str, spec: str) -> None:
+        self.template = template
+        self.line = line
+        self.message = message
+        self.spec = spec
+        where = template if line is None else f"{template}:{line}"
+        super().__init__(f"{where}: {message} (rendering spec '{spec}')")
+
+
+def _template_error(exc: Exception, template_dir: Path, spec: str) -> TemplateError | None:
+    """Where in the templates exc was raised (the innermost template frame), or None.
+
+    Jinja rewrites tracebacks so that a template's frames name the template
+    file and line; a syntax error carries them itself.
+    """
+    root = template_dir.resolve()
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        name, line = exc.name or exc.filename or "?", exc.lineno
+        message = exc.message or "syntax error"
+    else:
+        frames = [
+            (path, f.lineno)
+            for f in traceback.extract_tb(exc.__traceback__)
+            if (path := Path(f.filename).resolve()).is_relative_to(root)
+        ]
+        if not frames:
+            return None
+        name = frames[-1][0].relative_to(root).as_posix()
+        line = frames[-1][1]
+        if isinstance(exc, jinja2.TemplateNotFound):
+            message = f"template '{exc.name}' not found"
+        elif isinstance(exc, jinja2.TemplateError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+    return TemplateError(f"{template_dir.name}/{name}", line, message, spec)
 
 
 def environment(template_dir: Path) -> jinja2.Environment:
@@ -68,12 +114,21 @@ def manifest(spec: Spec) -> str:
 
 
 def render_spec(spec: Spec, template_dir: Path) -> dict[str, str]:
-    """Every file of generated/<spec>/, keyed by path relative to generated/."""
+    """Every file of generated/<spec>/, keyed by path relative to generated/.
+
+    Raises TemplateError (template:line: message) when a template does not render.
+    """
     env = environment(template_dir)
     context = {"spec": spec, "runtime_abi": RUNTIME_ABI}
     out: dict[str, str] = {}
     for name, template in OUTPUTS.items():
-        text = env.get_template(template).render(context)
+        try:
+            text = env.get_template(template).render(context)
+        except Exception as exc:  # a template's bug, or the model's (then re-raised)
+            located = _template_error(exc, template_dir, spec.name)
+            if located is None:
+                raise
+            raise located from None
         out[f"{spec.name}/{name}"] = clang_format(text, name)
     out[f"{spec.name}/manifest.json"] = manifest(spec)
     return out
