@@ -49,10 +49,15 @@ def install(
         tree,
         pair or LAYOUT.generated_for(spec),
         spec,
-        sha256_file(LAYOUT.spec_dir / f"{spec}.yaml"),
+        board.spec_sha256(LAYOUT, spec),
         out,
         settings(),
     )
+
+
+def generated_spec_sha256(spec: str) -> str:
+    """The spec hash generated/<spec>/ was rendered with (its manifest.json, like its banner)."""
+    return json.loads((LAYOUT.generated_for(spec) / "manifest.json").read_text())["sha256"]
 
 
 def git(tree: Path, *args: str) -> str:
@@ -278,7 +283,7 @@ def test_board_glue_records_artifact(tree: Path, tmp_path: Path) -> None:
     assert "warnings in the pair: none" in text
     artifact = board.hvisor_artifact(layout, "virtio-blk")
     assert artifact.path == root / "build/hvisor/virtio-blk/hvisor"
-    assert artifact.facts["spec_sha256"] == sha256_file(ROOT / "spec/virtio-blk.yaml")
+    assert artifact.facts["spec_sha256"] == generated_spec_sha256("virtio-blk")
     assert str(artifact.facts["compiler"]).startswith(CC)
     assert artifact.facts["target"] == "rk3588"
 
