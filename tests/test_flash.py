@@ -26,7 +26,9 @@ from pathlib import Path
 import pytest
 
 from toolchain import flash
+from toolchain.board import facts
 from toolchain.proc import sha256_file, stop
+from toolchain.project import Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")
@@ -771,7 +773,8 @@ def test_cli_flash_dir_status_and_dry_run(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "vhost-user-blk.manifest.json").read_text())
     assert manifest["artifact"] == "vhost-user-blk"
     assert manifest["spec"] == "virtio-blk"
-    assert manifest["spec_sha256"] == sha256_file(ROOT / "spec/virtio-blk.yaml")
+    generated = json.loads((ROOT / "generated/virtio-blk/manifest.json").read_text())
+    assert manifest["spec_sha256"] == generated["sha256"]
     assert manifest["target"] == "rk3588"
     assert str(manifest["compiler"]).startswith("aarch64-linux-gnu-gcc")
     assert manifest["toolkit_revision"] == flash.git_revision(ROOT)
@@ -788,6 +791,22 @@ def test_cli_flash_dir_status_and_dry_run(tmp_path: Path) -> None:
     (tmp_path / "vhost-user-blk").write_bytes(b"changed")
     st = invoke("flash", "--status", "--to", f"dir:{tmp_path}", "--artifact", "vhost-user-blk")
     assert st.returncode == 1 and "DIFFERS" in st.stdout
+
+
+def test_manifest_spec_hash_ignores_a_comment_edit_and_follows_a_real_change(
+    tmp_path: Path,
+) -> None:
+    """The spec_sha256 flash records is the spec's model hash, the one generated/ carries."""
+    shutil.copytree(ROOT / "spec", tmp_path / "spec")
+    layout = Layout(tmp_path)
+    generated = json.loads((ROOT / "generated/virtio-blk/manifest.json").read_text())
+    assert facts(layout, "virtio-blk", "cc")["spec_sha256"] == generated["sha256"]
+    spec = tmp_path / "spec/virtio-blk.yaml"
+    text = spec.read_text()
+    spec.write_text("# reworded, not changed\n\n" + text.replace("\n", "\n\n"))
+    assert facts(layout, "virtio-blk", "cc")["spec_sha256"] == generated["sha256"]
+    spec.write_text(text.replace("queue_size: 512", "queue_size: 1024"))
+    assert facts(layout, "virtio-blk", "cc")["spec_sha256"] != generated["sha256"]
 
 
 def test_cli_flash_ssh_rollback_exit_status(sshd: SshServer, tmp_path: Path) -> None:

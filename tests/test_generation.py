@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import yaml
 from toolchain import project
 from toolchain.build import RUNTIME_DIR
 from toolchain.render import render_spec
-from toolchain.spec import ThreadingModel, load_spec
+from toolchain.spec import ThreadingModel, digest, load_spec
 from toolchain.spec.model import IoBackend, IrqPolicy, _IoTraits, _ModelTraits
 from toolchain.targets import load_target
 
@@ -87,6 +89,91 @@ def test_gen_rewrites_only_files_whose_text_changed(tmp_path: Path) -> None:
     for path, mtime in before.items():
         if "procq" not in str(path):
             assert path.stat().st_mtime_ns == mtime, path
+
+
+def _with_comments(text: str) -> str:
+    """The same spec with a comment line above each key and one after each value."""
+    out = ["# a comment-only edit", ""]
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            out.append("# the next key, explained")
+            line += "  # and its value" if " #" not in line else ""
+        out.append(line)
+    return "\n".join(out) + "\n\n"
+
+
+def _reversed_keys(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def _respelled(text: str) -> str:
+    """The same spec with every mapping's keys reversed, four-space indent, a quoted string."""
+    data = yaml.safe_load(text)
+    out = yaml.safe_dump(_reversed_keys(data), sort_keys=False, indent=4, width=200)
+    quoted = f"description: {json.dumps(data['description'])}"
+    out = re.sub(r"^description: .*$", quoted, out, count=1, flags=re.MULTILINE)
+    assert quoted in out and quoted not in text
+    assert out.splitlines()[0] != text.splitlines()[0]
+    return "\n\n" + out.replace("\n", "\n\n", 1)
+
+
+@pytest.mark.parametrize("edit", [_with_comments, _respelled], ids=["comments", "layout"])
+def test_comment_and_layout_edits_keep_the_spec_hash_and_gen_writes_nothing(
+    tmp_path: Path, edit: Callable[[str], str]
+) -> None:
+    """The hash is of the validated model: a spec reworded, not changed, is the same spec."""
+    layout = _copy_project(tmp_path)
+    mtimes = {p: p.stat().st_mtime_ns for p in layout.generated.rglob("*") if p.is_file()}
+    for spec in SPECS:
+        path = layout.spec_dir / f"{spec}.yaml"
+        text = path.read_text()
+        path.write_text(edit(text))
+        assert path.read_text() != text
+        edited = load_spec(path, layout.root)
+        assert edited.sha256 == load_spec(LAYOUT.spec_dir / f"{spec}.yaml", ROOT).sha256, spec
+    report = project.generate(layout, None, check=False)
+    assert report.written == [] and report.extra == []
+    assert {str(p.relative_to(layout.root)) for p in mtimes} <= set(report.unchanged)
+    for path, mtime in mtimes.items():
+        assert path.stat().st_mtime_ns == mtime, path
+
+
+def test_a_changed_value_changes_the_spec_hash_and_regenerates_that_spec(tmp_path: Path) -> None:
+    layout = _copy_project(tmp_path)
+    path = layout.spec_dir / "procq.yaml"
+    before = load_spec(path, layout.root).sha256
+    path.write_text(path.read_text().replace("queue_size: 512", "queue_size: 1024"))
+    after = load_spec(path, layout.root)
+    assert after.device.queue_size == 1024
+    assert after.sha256 != before
+    report = project.generate(layout, None, check=False)
+    assert sorted(report.written) == [
+        "generated/procq/manifest.json",
+        "generated/procq/virtio_blk.c",
+        "generated/procq/virtio_blk.h",
+    ]
+    banner = (layout.generated_for("procq") / "virtio_blk.h").read_text()
+    assert f"Spec: spec/procq.yaml (sha256 {after.sha256[:16]})" in banner
+
+
+def test_the_spec_hash_leaves_out_the_file_name_and_place(tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "renamed.yaml"
+    copy.parent.mkdir()
+    shutil.copy(LAYOUT.spec_dir / "virtio-blk.yaml", copy)
+    moved, original = load_spec(copy), load_spec(LAYOUT.spec_dir / "virtio-blk.yaml", ROOT)
+    assert (moved.name, moved.source) != (original.name, original.source)
+    assert moved.sha256 == original.sha256
+
+
+def test_the_spec_hash_covers_the_toolkit_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new toolkit version may give the same keys another meaning: builds are told apart."""
+    spec = load_spec(LAYOUT.spec_dir / "virtio-blk.yaml", ROOT)
+    before = spec.sha256
+    assert f'"toolkit":"{digest.__version__}"' in digest.canonical_json(spec.body)
+    monkeypatch.setattr(digest, "__version__", digest.__version__ + "+next")
+    assert spec.sha256 != before
 
 
 def test_default_spec_reproduces_hvisor_tool_head() -> None:

@@ -49,10 +49,15 @@ def install(
         tree,
         pair or LAYOUT.generated_for(spec),
         spec,
-        sha256_file(LAYOUT.spec_dir / f"{spec}.yaml"),
+        board.spec_sha256(LAYOUT, spec),
         out,
         settings(),
     )
+
+
+def generated_spec_sha256(spec: str) -> str:
+    """The spec hash generated/<spec>/ was rendered with (its manifest.json, like its banner)."""
+    return json.loads((LAYOUT.generated_for(spec) / "manifest.json").read_text())["sha256"]
 
 
 def git(tree: Path, *args: str) -> str:
@@ -278,9 +283,30 @@ def test_board_glue_records_artifact(tree: Path, tmp_path: Path) -> None:
     assert "warnings in the pair: none" in text
     artifact = board.hvisor_artifact(layout, "virtio-blk")
     assert artifact.path == root / "build/hvisor/virtio-blk/hvisor"
-    assert artifact.facts["spec_sha256"] == sha256_file(ROOT / "spec/virtio-blk.yaml")
+    assert artifact.facts["spec_sha256"] == generated_spec_sha256("virtio-blk")
     assert str(artifact.facts["compiler"]).startswith(CC)
     assert artifact.facts["target"] == "rk3588"
+
+
+def test_flash_takes_a_build_after_a_comment_edit_and_refuses_it_after_a_real_change(
+    tree: Path, tmp_path: Path
+) -> None:
+    """hvisor_artifact compares the build's spec hash with the spec's: comments are no change."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    shutil.copytree(ROOT / "spec", root / "spec")
+    (root / "generated").symlink_to(ROOT / "generated")
+    layout = project.Layout(root)
+    board.build_hvisor(layout, tree, "virtio-blk", jobs=2, timeout=TIMEOUT)
+    spec = root / "spec/virtio-blk.yaml"
+    text = spec.read_text()
+    commented = text.replace("queue_size: 512\n", "queue_size: 512  # unchanged\n")
+    spec.write_text("# a comment-only edit, after the build\n" + commented)
+    artifact = board.hvisor_artifact(layout, "virtio-blk")
+    assert artifact.facts["spec_sha256"] == generated_spec_sha256("virtio-blk")
+    spec.write_text(text.replace("queue_size: 512", "queue_size: 1024"))
+    with pytest.raises(FlashError, match=r"built from an older spec/virtio-blk\.yaml; rebuild it"):
+        board.hvisor_artifact(layout, "virtio-blk")
 
 
 def test_cli_refuses_non_tree(tmp_path: Path) -> None:

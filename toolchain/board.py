@@ -13,7 +13,7 @@ from pathlib import Path
 from . import flash, hvisor
 from .proc import first_line, sha256_file
 from .project import Layout
-from .spec import spec_paths
+from .spec import load_spec, spec_paths
 from .targets import load_target
 
 BOARD_TARGET = "rk3588"
@@ -27,6 +27,11 @@ def hvisor_dir(layout: Layout, spec: str) -> Path:
 def spec_file(layout: Layout, spec: str) -> Path:
     """The YAML file of a spec name (or path)."""
     return spec_paths(layout.spec_dir, [spec])[0]
+
+
+def spec_sha256(layout: Layout, spec: str) -> str:
+    """The hash recorded for a spec (its banner's, Spec.sha256); SpecError if it is invalid."""
+    return load_spec(spec_file(layout, spec), layout.root).sha256
 
 
 def make_settings(jobs: int, timeout: float = 900.0, log: str = "LOG_INFO") -> hvisor.MakeSettings:
@@ -44,7 +49,7 @@ def build_hvisor(
         tree,
         layout.generated_for(name),
         name,
-        sha256_file(path),
+        spec_sha256(layout, spec),
         hvisor_dir(layout, name),
         make_settings(jobs, timeout),
     )
@@ -55,7 +60,7 @@ def facts(layout: Layout, spec: str, compiler: str) -> dict[str, object]:
     path = spec_file(layout, spec)
     return {
         "spec": path.stem,
-        "spec_sha256": sha256_file(path),
+        "spec_sha256": spec_sha256(layout, spec),
         "toolkit_revision": flash.git_revision(layout.root),
         "target": BOARD_TARGET,
         "compiler": compiler,
@@ -73,8 +78,7 @@ def hvisor_artifact(layout: Layout, spec: str) -> flash.Artifact:
             f"{binary} does not exist; build it first: "
             f"invoke hvisor --tree PATH/TO/hvisor-tool --spec {name}"
         )
-    current = sha256_file(spec_file(layout, spec))
-    if record.get("spec_sha256") != current:
+    if record.get("spec_sha256") != spec_sha256(layout, spec):
         raise flash.FlashError(
             f"{binary} was built from an older spec/{name}.yaml; rebuild it: "
             f"invoke gen && invoke hvisor --tree {record.get('tree')} --spec {name}"

@@ -8,7 +8,6 @@ templates branch on, so no template ever compares strings.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,6 +23,8 @@ from pydantic import (
     StrictStr,
     model_validator,
 )
+
+from .digest import spec_sha256
 
 # The GET_ID serial is at most VIRTIO_BLK_ID_BYTES (20) bytes.
 VIRTIO_BLK_ID_BYTES = 20
@@ -500,15 +501,17 @@ class Spec(BaseModel):
 
     name: str
     source: str
-    sha256: str
     body: SpecBody
 
     @classmethod
-    def from_body(cls, path: Path, text: bytes, body: SpecBody, source: str) -> Spec:
+    def from_body(cls, path: Path, body: SpecBody, source: str) -> Spec:
         """Wrap a validated body with its provenance."""
-        return cls(
-            name=path.stem, source=source, sha256=hashlib.sha256(text).hexdigest(), body=body
-        )
+        return cls(name=path.stem, source=source, body=body)
+
+    @property
+    def sha256(self) -> str:
+        """The spec hash: of the validated body and the toolkit version (see digest.py)."""
+        return spec_sha256(self.body)
 
     # Templates say spec.features.flush, not spec.body.features.flush.
     @property

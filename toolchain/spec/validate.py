@@ -145,7 +145,7 @@ def load_spec(path: Path, root: Path | None = None) -> Spec:
         problems.append(_problem(src, display, loc, message))
     if problems:
         raise SpecError(problems)
-    return Spec.from_body(path, path.read_bytes(), body, display)
+    return Spec.from_body(path, body, display)
 
 
 def load_specs(paths: list[Path], root: Path | None = None) -> list[Spec]:
