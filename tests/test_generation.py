@@ -112,7 +112,8 @@ def _respelled(text: str) -> str:
     """The same spec with every mapping's keys reversed, four-space indent, a quoted string."""
     data = yaml.safe_load(text)
     out = yaml.safe_dump(_reversed_keys(data), sort_keys=False, indent=4, width=200)
-    quoted = f"description: {json.dumps(data['description'])}"
+    single = data["description"].replace("'", "''")
+    quoted = f"description: '{single}'"  # the shipped specs quote with "" where they must
     out = re.sub(r"^description: .*$", quoted, out, count=1, flags=re.MULTILINE)
     assert quoted in out and quoted not in text
     assert out.splitlines()[0] != text.splitlines()[0]
