@@ -29,6 +29,14 @@ from toolchain.targets import Target, load_target, sanitizer_reports, target_nam
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = project.Layout(ROOT)
 IMAGE_SIZE = 8 * 1024 * 1024
+
+
+def in_flight(queue_size: int, per_chain: int = 3) -> int:
+    """Requests the in-flight tests queue at once: 64, or as many chains of
+    ``per_chain`` descriptors as a smaller ring holds (any valid spec passes)."""
+    return min(64, queue_size // per_chain)
+
+
 # qemu-user translates the backend, sanitizers slow it down; give it room,
 # but never hang a test.
 TIMEOUT = {True: 10.0, False: 5.0}

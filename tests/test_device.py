@@ -26,7 +26,7 @@ from toolchain.guest.blk import (
 )
 from toolchain.guest.hostile import fd_count
 
-from .conftest import IMAGE_SIZE, DeviceUnderTest
+from .conftest import IMAGE_SIZE, DeviceUnderTest, in_flight
 
 SECTORS = IMAGE_SIZE // 512
 F_PROTOCOL_FEATURES = 30
@@ -190,9 +190,10 @@ def test_64_requests_in_flight_all_complete_and_match_a_shadow_disk(
 ) -> None:
     rng = random.Random(64)
     slots = SECTORS // 64  # each request of a batch gets its own slot: no overlaps
-    max_segs = min(4, dev.queue_size // 64 - 2)  # 64 chains must fit the ring
+    n = in_flight(dev.queue_size)
+    max_segs = max(1, min(4, dev.queue_size // n - 2))  # n chains must fit the ring
     for _round in range(4):
-        for slot in rng.sample(range(slots), 64):
+        for slot in rng.sample(range(slots), n):
             sector = slot * 64 + rng.randrange(0, 32)
             nbytes = 512 * rng.randint(1, 32)
             segs = min(rng.randint(1, max_segs), nbytes // 512)
@@ -203,7 +204,7 @@ def test_64_requests_in_flight_all_complete_and_match_a_shadow_disk(
             dev.submit(req, kick=False)
         dev.queues[0].kick()
         done = dev.complete()
-        assert len(done) == 64
+        assert len(done) == n
         for c in done:
             assert (c.status, c.guard_errors) == (VIRTIO_BLK_S_OK, []), c
             shadow.observe(c)  # applies writes, checks reads
@@ -245,7 +246,7 @@ def test_disconnect_and_reconnect_keeps_the_data_and_does_not_leak(
 def test_disconnect_with_requests_in_flight_then_reconnect_works(
     dev: BlkDevice, backend: Backend, writable: None
 ) -> None:
-    for i in range(64):
+    for i in range(in_flight(dev.queue_size)):
         dev.submit(BlkRequest.write(dev.memory, i * 8, os.urandom(4096)), kick=False)
     dev.queues[0].kick()
     dev.reconnect()
@@ -258,7 +259,7 @@ def test_disconnect_with_requests_in_flight_then_reconnect_works(
 def test_sigterm_with_requests_in_flight_exits_cleanly(
     dev: BlkDevice, backend: Backend, dut: DeviceUnderTest
 ) -> None:
-    for i in range(64):
+    for i in range(in_flight(dev.queue_size)):
         dev.submit(BlkRequest.read(dev.memory, i * 8, 4096), kick=False)
     dev.queues[0].kick()
     start = time.monotonic()
