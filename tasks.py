@@ -71,6 +71,55 @@ def _spec_names(c: Context, spec: list[str] | None) -> list[str]:
     return list(spec) if spec else [str(_cfg(c, "spec"))]
 
 
+FORCE_HELP = (
+    "use a spec file outside spec/ even when it is named like a shipped spec "
+    "(its output then replaces that spec's generated/ directory)"
+)
+
+
+def _resolve(args: list[str], force: bool) -> tuple[project.Layout, list[str]]:
+    """The one reading of --spec: names or paths -> a layout that knows them, and names."""
+    try:
+        return project.resolve(LAYOUT, args, force)
+    except SpecError as exc:
+        raise _fail(f"invalid spec:\n{exc}") from None
+    except project.SpecArgumentError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _shipped(arg: str, task_name: str) -> str:
+    """The name of a spec the pytest suites know (spec/*.yaml); they take no other."""
+    layout, (name,) = _resolve([arg], force=False)
+    if layout.outside:
+        raise _fail(
+            f"{task_name} runs the test suites, which know only the specs in spec/; "
+            f"copy {arg} into spec/ first"
+        )
+    return name
+
+
+def _gen(layout: project.Layout, names: list[str] | None, check: bool = False) -> None:
+    """Render names (resolved by _resolve; None: every shipped spec) and report."""
+    try:
+        report = project.generate(layout, names, check)
+    except SpecError as exc:
+        raise _fail(f"invalid spec:\n{exc}") from None
+    except (MissingTool, TemplateError) as exc:
+        raise _fail(str(exc)) from None
+    if check:
+        drift = report.stale + report.extra
+        if drift:
+            lines = "\n".join(f"  {p}" for p in drift)
+            raise _fail(f"generated files are stale or hand-edited:\n{lines}\nrun: invoke gen")
+        print(f"generated/ is up to date ({len(report.unchanged)} files)")
+        return
+    for rel in report.written:
+        print(f"wrote   {rel}")
+    for rel in report.extra:
+        print(f"removed {rel}")
+    print(f"{len(report.written)} written, {len(report.unchanged)} unchanged")
+
+
 @task(help={"python-only": "install only the Python packages"})
 def setup(c: Context, python_only: bool = False) -> None:
     """Install everything the toolkit needs (Debian packages, Python packages)."""
@@ -122,34 +171,21 @@ def _is_root() -> bool:
     help={
         "spec": "spec name or path (repeatable); default: every spec in spec/",
         "check": "change nothing; fail if generated/ differs from the specs",
+        "force": FORCE_HELP,
     },
 )
-def gen(c: Context, spec: list[str] | None = None, check: bool = False) -> None:
+def gen(
+    c: Context, spec: list[str] | None = None, check: bool = False, force: bool = False
+) -> None:
     """Render specs into generated/ (only changed files are written)."""
-    try:
-        report = project.generate(LAYOUT, list(spec) if spec else None, check)
-    except SpecError as exc:
-        raise _fail(f"invalid spec:\n{exc}") from None
-    except (MissingTool, TemplateError) as exc:
-        raise _fail(str(exc)) from None
-    if check:
-        drift = report.stale + report.extra
-        if drift:
-            lines = "\n".join(f"  {p}" for p in drift)
-            raise _fail(f"generated files are stale or hand-edited:\n{lines}\nrun: invoke gen")
-        print(f"generated/ is up to date ({len(report.unchanged)} files)")
-        return
-    for rel in report.written:
-        print(f"wrote   {rel}")
-    for rel in report.extra:
-        print(f"removed {rel}")
-    print(f"{len(report.written)} written, {len(report.unchanged)} unchanged")
+    layout, names = _resolve(list(spec), force) if spec else (LAYOUT, None)
+    _gen(layout, names, check)
 
 
-def _build(spec: str, target: str) -> Path:
+def _build(layout: project.Layout, spec: str, target: str) -> Path:
     start = time.monotonic()
     try:
-        result = project.build_one(LAYOUT, spec, target)
+        result = project.build_one(layout, spec, target)
     except (BuildError, MissingTool, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     what = "built" if result.rebuilt else "up to date"
@@ -161,25 +197,27 @@ def _build(spec: str, target: str) -> Path:
 @task(
     iterable=["spec"],
     help={
-        "spec": "spec to build (repeatable); default from invoke.yaml (virtio-blk)",
+        "spec": "spec name or path to build (repeatable); default from invoke.yaml (virtio-blk)",
         "target": f"target: {', '.join(target_names())}; default from invoke.yaml (rk3588)",
         "all": "every spec for every target in invoke.yaml",
+        "force": FORCE_HELP,
     },
 )
-def build(c: Context, spec: list[str] | None = None, target: str = "", all: bool = False) -> None:
+def build(
+    c: Context, spec: list[str] | None = None, target: str = "", all: bool = False,
+    force: bool = False,
+) -> None:  # fmt: skip
     """Generate, then build build/<target>/<spec>/vhost-user-blk."""
-    names = (
-        [p.stem for p in sorted(LAYOUT.spec_dir.glob("*.yaml"))] if all else _spec_names(c, spec)
-    )
+    layout, names = (LAYOUT, LAYOUT.spec_names()) if all else _resolve(_spec_names(c, spec), force)
     targets = list(_cfg(c, "targets")) if all else [target or str(_cfg(c, "target"))]
-    gen(c, spec=None if all else names)
+    _gen(layout, None if all else names)
     for t in targets:
         try:
             load_target(t)
         except ValueError as exc:
             raise _fail(str(exc)) from None
         for name in names:
-            _build(name, t)
+            _build(layout, name, t)
 
 
 @task(help={"fix": "reformat instead of checking"})
@@ -221,14 +259,14 @@ def test(
 ) -> None:
     """Build every spec for the targets and run the pytest suite on them."""
     chosen = targets.split(",") if targets else [str(t) for t in _cfg(c, "targets")]
-    gen(c)
+    _gen(LAYOUT, None)
     for t in chosen:
         try:
             load_target(t)
         except ValueError as exc:
             raise _fail(str(exc)) from None
         for name in LAYOUT.spec_names():
-            _build(name, t)
+            _build(LAYOUT, name, t)
     extra = args or str(_cfg(c, "pytest_args"))
     report = LAYOUT.build_dir / "junit" / f"{'-'.join(chosen)}-{time.time_ns()}.xml"
     if hvisor_tree:
@@ -308,8 +346,8 @@ def hvisor_sim(
         hvisor.check_tree(path)
     except hvisor.HvisorError as exc:
         raise _fail(str(exc)) from None
-    name = spec or str(_cfg(c, "spec"))
-    gen(c, spec=[name])
+    name = _shipped(spec or str(_cfg(c, "spec")), "hvisor-sim")
+    _gen(LAYOUT, [name])
     if differential:
         _differential(c, path, name, targets, args)
         return
@@ -345,9 +383,9 @@ def hvisor_sim(
 @task(help={"spec": "spec whose device is mutated; default from invoke.yaml (virtio-blk)"})
 def mutants(c: Context, spec: str = "") -> None:
     """Remove each hardening check in turn: the rule's test must then fail."""
-    name = spec or str(_cfg(c, "spec"))
-    gen(c, spec=[name])
-    _build(name, "host")
+    name = _shipped(spec or str(_cfg(c, "spec")), "mutants")
+    _gen(LAYOUT, [name])
+    _build(LAYOUT, name, "host")
     try:
         verdicts = mutation.run(ROOT, name)
     except (RuntimeError, ValueError, BuildError) as exc:
@@ -366,16 +404,20 @@ def mutants(c: Context, spec: str = "") -> None:
         "spec": "spec to fuzz (repeatable); default from invoke.yaml (virtio-blk)",
         "seconds": "how long to fuzz each spec (default 60)",
         "jobs": "parallel fuzzing processes per spec (libFuzzer -fork)",
+        "force": FORCE_HELP,
     },
 )
-def fuzz(c: Context, spec: list[str] | None = None, seconds: int = 60, jobs: int = 1) -> None:
+def fuzz(
+    c: Context, spec: list[str] | None = None, seconds: int = 60, jobs: int = 1,
+    force: bool = False,
+) -> None:  # fmt: skip
     """Fuzz the device's request parsing and completion (libFuzzer, ASan + UBSan)."""
-    names = _spec_names(c, spec)
-    gen(c, spec=names)
+    layout, names = _resolve(_spec_names(c, spec), force)
+    _gen(layout, names)
     crashed = []
     for name in names:
         try:
-            binary = project.build_fuzzer(LAYOUT, name).binary
+            binary = project.build_fuzzer(layout, name).binary
         except (BuildError, MissingTool, FileNotFoundError) as exc:
             raise _fail(str(exc)) from None
         _step(f"fuzzing {name} for {seconds}s ({binary.relative_to(ROOT)})")
@@ -396,7 +438,7 @@ def ci(c: Context) -> None:
     """What CI runs: gen --check, format, all tests, sanitizer builds, a bounded fuzz."""
     start = time.monotonic()
     _step("generated/ matches the specs")
-    gen(c, check=True)
+    _gen(LAYOUT, None, check=True)
     _step("format")
     fmt(c)
     _step("build and test")
@@ -428,11 +470,13 @@ def ci(c: Context) -> None:
         "spec": "spec whose pair to install; default from invoke.yaml (virtio-blk)",
         "restore": "put the tree's original virtio_blk.{c,h} back and remove the backup",
         "jobs": "parallel make jobs (default: number of CPUs)",
+        "force": FORCE_HELP,
     },
 )
 def hvisor_task(
-    c: Context, tree: str = "", spec: str = "", restore: bool = False, jobs: int = 0
-) -> None:
+    c: Context, tree: str = "", spec: str = "", restore: bool = False, jobs: int = 0,
+    force: bool = False,
+) -> None:  # fmt: skip
     """Install a spec's pair into an hvisor-tool tree and build its `hvisor` binary."""
     if not tree:
         raise _fail("--tree PATH is required (the root of an hvisor-tool checkout)")
@@ -444,11 +488,11 @@ def hvisor_task(
             raise _fail(str(exc)) from None
         print(f"restored the original {', '.join(done.files)} in {done.tree}")
         return
-    name = spec or str(_cfg(c, "spec"))
-    gen(c, spec=[name])
+    layout, (name,) = _resolve([spec or str(_cfg(c, "spec"))], force)
+    _gen(layout, [name])
     _step(f"installing {name}'s pair into {path} and building hvisor")
     try:
-        report = board.build_hvisor(LAYOUT, path, name, jobs or os.cpu_count() or 1)
+        report = board.build_hvisor(layout, path, name, jobs or os.cpu_count() or 1)
     except (hvisor.HvisorError, SpecError, ValueError) as exc:
         raise _fail(f"{exc}\n(the tree's pair is as it was before this command)") from None
     print(board.format_build(report, ROOT))
@@ -465,6 +509,7 @@ def hvisor_task(
         "dry-run": "print every step without doing it",
         "status": "print the manifest at --to and whether the binary still matches it; "
         "without --artifact, of every blkgen artifact there",
+        "force": FORCE_HELP,
     },
 )
 def flash_task(
@@ -475,6 +520,7 @@ def flash_task(
     restart: str = "",
     dry_run: bool = False,
     status: bool = False,
+    force: bool = False,
 ) -> None:
     """Deploy a built binary with a manifest: atomic, verified, with rollback."""
     if not to:
@@ -483,7 +529,6 @@ def flash_task(
     kind = artifact or str(settings.get("artifact", "hvisor"))
     if kind not in flash.ARTIFACTS:
         raise _fail(f"--artifact must be one of: {', '.join(flash.ARTIFACTS)}")
-    name = spec or str(_cfg(c, "spec"))
     try:
         if status:
             found = flash.survey(to, board.status_sites(to, artifact, settings))
@@ -492,17 +537,21 @@ def flash_task(
                 raise _fail(found.problem)
             return
         site = board.site_for(to, kind, settings)
+        layout, (name,) = _resolve([spec or str(_cfg(c, "spec"))], force)
         if kind == "vhost-user-blk" and not dry_run:
-            gen(c, spec=[name])
-            _build(name, board.BOARD_TARGET)
+            _gen(layout, [name])
+            _build(layout, name, board.BOARD_TARGET)
         if kind == "vhost-user-blk" and dry_run:
-            print(f"(would first run: invoke build --spec {name} --target {board.BOARD_TARGET})")
-            binary = LAYOUT.build_for(board.BOARD_TARGET, name) / "vhost-user-blk"
+            print(
+                f"(would first run: invoke build --spec {shlex.quote(layout.spec_argument(name))} "
+                f"--target {board.BOARD_TARGET})"
+            )
+            binary = layout.build_for(board.BOARD_TARGET, name) / "vhost-user-blk"
             art = flash.Artifact(binary, kind)
         elif kind == "vhost-user-blk":
-            art = board.vhost_artifact(LAYOUT, name)
+            art = board.vhost_artifact(layout, name)
         else:
-            art = board.hvisor_artifact(LAYOUT, name)
+            art = board.hvisor_artifact(layout, name)
         flash.deploy(site, art, restart=restart, dry_run=dry_run)
     except (flash.FlashError, SpecError) as exc:
         raise _fail(str(exc)) from None
@@ -520,6 +569,7 @@ def flash_task(
         "peer": "reference backend to run alongside: qsd (qemu-storage-daemon)",
         "pin": "backend on CPU 0, load generator on CPU 1 (taskset)",
         "image-mib": "image size in MiB (default 1024; 256 under emulation)",
+        "force": FORCE_HELP,
     },
 )
 def bench(
@@ -533,12 +583,14 @@ def bench(
     peer: str = "",
     pin: bool = False,
     image_mib: int = 0,
+    force: bool = False,
 ) -> None:
     """Benchmark specs side by side (and a peer); results in build/bench/<timestamp>/."""
     from toolchain.bench.runner import BenchConfig, run_bench
 
+    layout, names = _resolve(list(spec) if spec else ["procq", "virtio-blk"], force)
     config = BenchConfig(
-        specs=tuple(spec) if spec else ("procq", "virtio-blk"),
+        specs=tuple(names),
         target=target,
         jobs=tuple(job or ()),
         runs=runs,
@@ -549,9 +601,9 @@ def bench(
         image_mib=image_mib or None,
         command=shlex.join(["invoke", *sys.argv[1:]]),
     )
-    gen(c, spec=list(config.specs))
+    _gen(layout, names)
     try:
-        out = run_bench(LAYOUT, config, lambda line: print(line, flush=True))
+        out = run_bench(layout, config, lambda line: print(line, flush=True))
     except (ValueError, BuildError, MissingTool, SpecError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     print((out / "report.md").read_text())
@@ -571,6 +623,7 @@ def bench(
         "verify-mib": "MiB the verify job writes and checks (default 64)",
         "runtime": "seconds of each timed job (default 5)",
         "cpus": "guest CPUs (default 2)",
+        "force": FORCE_HELP,
     }
 )
 def e2e(
@@ -585,17 +638,18 @@ def e2e(
     verify_mib: int = 64,
     runtime: int = 5,
     cpus: int = 2,
+    force: bool = False,
 ) -> None:
     """Boot a Linux guest (virtio_blk + fio) against the backend; build/e2e/<timestamp>/."""
     from toolchain.e2e import cli as e2e_cli
     from toolchain.e2e.debian import DebianError
     from toolchain.e2e.image import ImageError
 
-    name = spec or str(_cfg(c, "spec"))
-    gen(c, spec=None if matrix else [name])
+    layout, (name,) = _resolve([spec or str(_cfg(c, "spec"))], force)
+    _gen(layout, None if matrix else [name])
     try:
         result = e2e_cli.run(
-            LAYOUT,
+            layout,
             spec=name,
             target=target,
             arch=arch,
@@ -628,6 +682,7 @@ _STALL = StallConfig()  # the defaults, stated once
         "seconds": f"seconds of full-ring load per run (default {_STALL.seconds:g})",
         "resets": f"resets (STATUS = 0) with the ring full, per run (default {_STALL.resets})",
         "request-kib": f"size of each request, a multiple of 64 KiB (default {_STALL.request_kib})",
+        "force": FORCE_HELP,
     },
     iterable=["spec"],
 )
@@ -639,11 +694,13 @@ def stall(
     seconds: float = _STALL.seconds,
     resets: int = _STALL.resets,
     request_kib: int = _STALL.request_kib,
+    force: bool = False,
 ) -> None:
     """How long one guest access holds hvisor's main thread, per spec; build/stall/<timestamp>/."""
+    layout, names = _resolve(list(spec) if spec else list(_STALL.specs), force)
     config = replace(
         _STALL,
-        specs=tuple(spec) if spec else _STALL.specs,
+        specs=tuple(names),
         target=target,
         rounds=rounds,
         seconds=seconds,
@@ -651,10 +708,10 @@ def stall(
         request_kib=request_kib,
         command=shlex.join(["invoke", *sys.argv[1:]]),
     )
-    gen(c, spec=list(config.specs))
+    _gen(layout, names)
     try:
         load_target(target)
-        out = run_stall(LAYOUT, config, lambda line: print(line, flush=True))
+        out = run_stall(layout, config, lambda line: print(line, flush=True))
     except (ValueError, BuildError, MissingTool, SpecError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     print((out / "report.md").read_text())

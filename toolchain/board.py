@@ -13,7 +13,8 @@ from pathlib import Path
 from . import flash, hvisor
 from .proc import first_line, sha256_file
 from .project import Layout
-from .spec import load_spec, spec_paths
+from .spec import load_spec
+from .spec.validate import source_path
 from .targets import load_target
 
 BOARD_TARGET = "rk3588"
@@ -26,7 +27,7 @@ def hvisor_dir(layout: Layout, spec: str) -> Path:
 
 def spec_file(layout: Layout, spec: str) -> Path:
     """The YAML file of a spec name (or path)."""
-    return spec_paths(layout.spec_dir, [spec])[0]
+    return layout.spec_files([spec])[0]
 
 
 def spec_sha256(layout: Layout, spec: str) -> str:
@@ -76,12 +77,13 @@ def hvisor_artifact(layout: Layout, spec: str) -> flash.Artifact:
     if not binary.is_file() or record is None:
         raise flash.FlashError(
             f"{binary} does not exist; build it first: "
-            f"invoke hvisor --tree PATH/TO/hvisor-tool --spec {name}"
+            f"invoke hvisor --tree PATH/TO/hvisor-tool --spec {layout.spec_argument(name)}"
         )
     if record.get("spec_sha256") != spec_sha256(layout, spec):
         raise flash.FlashError(
-            f"{binary} was built from an older spec/{name}.yaml; rebuild it: "
-            f"invoke gen && invoke hvisor --tree {record.get('tree')} --spec {name}"
+            f"{binary} was built from an older "
+            f"{source_path(spec_file(layout, spec), layout.root)}; rebuild it: "
+            f"invoke hvisor --tree {record.get('tree')} --spec {layout.spec_argument(name)}"
         )
     if record.get("sha256") != sha256_file(binary):
         raise flash.FlashError(f"{binary} does not match {out / 'hvisor.json'}; rebuild it")
@@ -99,7 +101,9 @@ def vhost_artifact(layout: Layout, spec: str) -> flash.Artifact:
     name = spec_file(layout, spec).stem
     binary = layout.build_for(BOARD_TARGET, name) / "vhost-user-blk"
     if not binary.is_file():
-        raise flash.FlashError(f"{binary} does not exist; run: invoke build --spec {name}")
+        raise flash.FlashError(
+            f"{binary} does not exist; run: invoke build --spec {layout.spec_argument(name)}"
+        )
     compiler = first_line([load_target(BOARD_TARGET).cc, "--version"])
     return flash.Artifact(binary, "vhost-user-blk", facts(layout, name, compiler))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import fuzz, reference
@@ -18,9 +18,14 @@ DEFAULT_TARGET = "rk3588"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where things live, relative to the project root."""
+    """Where things live, relative to the project root.
+
+    outside: spec files given by path that are not in spec/ (see resolve);
+    each is known by its file's stem, like a shipped spec.
+    """
 
     root: Path
+    outside: tuple[Path, ...] = ()
 
     @property
     def spec_dir(self) -> Path:
@@ -59,6 +64,22 @@ class Layout:
         """Every shipped spec, sorted."""
         return sorted(p.stem for p in self.spec_dir.glob("*.yaml"))
 
+    def spec_files(self, names: list[str] | None = None) -> list[Path]:
+        """The YAML files of spec names (or paths), in order; default every shipped spec.
+
+        SpecError names every unknown spec at once.
+        """
+        if not names:
+            return spec_paths(self.spec_dir)
+        outside = {p.stem: p for p in self.outside}
+        shipped = iter(spec_paths(self.spec_dir, [n for n in names if n not in outside]))
+        return [outside[n] if n in outside else next(shipped) for n in names]
+
+    def spec_argument(self, name: str) -> str:
+        """What `--spec` takes for a spec name: the path it was given by, or the name."""
+        outside = {p.stem: p for p in self.outside}
+        return str(outside[name]) if name in outside else name
+
     def test_files(self, patterns: list[str]) -> list[Path]:
         """Files matching patterns (globs relative to the root), in order, once each."""
         found: list[Path] = []
@@ -67,13 +88,67 @@ class Layout:
         return found
 
 
+class SpecArgumentError(ValueError):
+    """A --spec argument that cannot be used as given (one line, no position)."""
+
+
+def _is_path(arg: str) -> bool:
+    return Path(arg).suffix in (".yaml", ".yml")
+
+
+def resolve(layout: Layout, args: list[str], force: bool = False) -> tuple[Layout, list[str]]:
+    """Spec arguments (names or paths) -> (a layout that knows the paths, their names).
+
+    The one place a --spec argument is interpreted. A path into spec/ is that
+    shipped spec; any other path is generated into generated/<stem>/ and built
+    into build/<target>/<stem>/ like one. A path outside spec/ whose stem is a
+    shipped spec's name would replace that spec's committed output: refused
+    (SpecArgumentError) unless force. Unknown names and missing files: SpecError.
+    """
+    outside: dict[str, Path] = {p.stem: p for p in layout.outside}
+    # every unknown name or missing file at once
+    spec_paths(layout.spec_dir, [a for a in args if a not in outside])
+    shipped = set(layout.spec_names())
+    spec_dir = layout.spec_dir.resolve()
+    names: list[str] = []
+    for arg in args:
+        if not _is_path(arg):
+            names.append(arg)
+            continue
+        path = Path(arg)
+        if path.suffix == ".yaml" and path.resolve().parent == spec_dir:
+            names.append(path.stem)
+            continue
+        name = path.stem
+        if name in outside and outside[name].resolve() != path.resolve():
+            raise SpecArgumentError(
+                f"{arg} and {outside[name]} are both named '{name}'; "
+                f"generated/{name}/ can hold one of them: rename one"
+            )
+        if name in shipped and not force:
+            raise SpecArgumentError(
+                f"{arg} is named like the shipped spec/{name}.yaml and would replace "
+                f"generated/{name}/; rename the file, or pass --force to replace it"
+            )
+        outside[name] = path
+        names.append(name)
+    return replace(layout, outside=tuple(outside.values())), names
+
+
 def specs(layout: Layout, names: list[str] | None = None) -> list[Spec]:
     """Load and validate the named specs (default: all); SpecError on any problem."""
-    return load_specs(spec_paths(layout.spec_dir, names), layout.root)
+    return load_specs(layout.spec_files(names), layout.root)
 
 
-def generate(layout: Layout, names: list[str] | None, check: bool) -> WriteReport:
-    """Render specs into generated/ (plus schema and key reference); or check drift."""
+def generate(
+    layout: Layout, names: list[str] | None, check: bool, force: bool = False
+) -> WriteReport:
+    """Render specs into generated/ (plus schema and key reference); or check drift.
+
+    names: spec names or paths (see resolve; force as there); default every shipped spec.
+    """
+    if names:
+        layout, names = resolve(layout, names, force)
     chosen = specs(layout, names)
     files: dict[str, str] = {
         reference.SCHEMA_PATH: reference.json_schema(),
@@ -90,7 +165,9 @@ def build_one(layout: Layout, spec: str, target: str) -> BuildResult:
     """Build build/<target>/<spec>/vhost-user-blk from generated/<spec>/."""
     generated = layout.generated_for(spec)
     if not (generated / "virtio_blk.c").is_file():
-        raise FileNotFoundError(f"{generated} has no virtio_blk.c; run: invoke gen --spec {spec}")
+        raise FileNotFoundError(
+            f"{generated} has no virtio_blk.c; run: invoke gen --spec {layout.spec_argument(spec)}"
+        )
     return build(load_target(target), generated, layout.build_for(target, spec))
 
 
@@ -98,5 +175,7 @@ def build_fuzzer(layout: Layout, spec: str) -> BuildResult:
     """Build build/fuzz/<spec>/fuzz_blk from generated/<spec>/."""
     generated = layout.generated_for(spec)
     if not (generated / "virtio_blk.c").is_file():
-        raise FileNotFoundError(f"{generated} has no virtio_blk.c; run: invoke gen --spec {spec}")
+        raise FileNotFoundError(
+            f"{generated} has no virtio_blk.c; run: invoke gen --spec {layout.spec_argument(spec)}"
+        )
     return fuzz.build_fuzzer(generated, layout.fuzz_for(spec))

@@ -179,7 +179,7 @@ def mmio_variant(layout: Layout, spec: str) -> tuple[Layout, str]:
     scratch.spec_dir.mkdir(parents=True, exist_ok=True)
     if not scratch.template_dir.exists():
         scratch.template_dir.symlink_to(layout.template_dir)
-    data = yaml.safe_load((layout.spec_dir / f"{spec}.yaml").read_text()) or {}
+    data = yaml.safe_load(layout.spec_files([spec])[0].read_text()) or {}
     data.setdefault("device", {})["queue_size"] = MMIO_QUEUE_SIZE
     data["description"] = f"{data.get('description', spec)} (e2e mmio: queue_size 1024)"
     target = scratch.spec_dir / f"{spec}.yaml"

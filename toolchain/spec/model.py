@@ -8,6 +8,7 @@ templates branch on, so no template ever compares strings.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -507,6 +508,12 @@ class Spec(BaseModel):
     def from_body(cls, path: Path, body: SpecBody, source: str) -> Spec:
         """Wrap a validated body with its provenance."""
         return cls(name=path.stem, source=source, body=body)
+
+    @property
+    def gen_argument(self) -> str:
+        """What `invoke gen --spec` takes to regenerate this spec: its name when it is
+        shipped (spec/<name>.yaml), else its recorded path."""
+        return self.name if self.source == f"spec/{self.name}.yaml" else shlex.quote(self.source)
 
     @property
     def sha256(self) -> str:

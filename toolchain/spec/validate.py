@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -111,6 +112,20 @@ def _display_path(path: Path, root: Path | None) -> str:
     return str(path)
 
 
+def source_path(path: Path, root: Path | None) -> str:
+    """How a spec's path is recorded (banner, manifest): relative to root, so never a
+    machine's absolute path, and a `--spec` argument that works from the root.
+
+    Inside root: `spec/fast.yaml`. Outside: `../elsewhere/fast.yaml`, which is
+    how the user spelled it when running from the root.
+    """
+    if root is None:
+        return str(path)
+    if path.resolve().is_relative_to(root.resolve()):
+        return _display_path(path, root)
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+
 def load_spec(path: Path, root: Path | None = None) -> Spec:
     """Load and validate one spec; raise SpecError listing every problem."""
     display = _display_path(path, root)
@@ -145,7 +160,7 @@ def load_spec(path: Path, root: Path | None = None) -> Spec:
         problems.append(_problem(src, display, loc, message))
     if problems:
         raise SpecError(problems)
-    return Spec.from_body(path, body, display)
+    return Spec.from_body(path, body, source_path(path, root))
 
 
 def load_specs(paths: list[Path], root: Path | None = None) -> list[Spec]:
