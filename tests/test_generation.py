@@ -18,7 +18,7 @@ from toolchain import project
 from toolchain.build import RUNTIME_DIR
 from toolchain.render import render_spec
 from toolchain.spec import ThreadingModel, digest, load_spec
-from toolchain.spec.model import IoBackend, IrqPolicy, _IoTraits, _ModelTraits
+from toolchain.spec.model import IoBackend, IrqPolicy, _IoTraits, _IrqTraits, _ModelTraits
 from toolchain.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,8 +253,10 @@ def test_every_enum_member_defines_every_flag(
     member: ThreadingModel | IoBackend | IrqPolicy,
 ) -> None:
     """A new member must decide each flag; none silently gets a default."""
-    traits = {ThreadingModel: _ModelTraits, IoBackend: _IoTraits}.get(type(member))
-    names = [f.name for f in fields(traits)] if traits else ["per_request"]
+    traits = {ThreadingModel: _ModelTraits, IoBackend: _IoTraits, IrqPolicy: _IrqTraits}[
+        type(member)
+    ]
+    names = [f.name for f in fields(traits)]
     for name in names:
         assert isinstance(getattr(member, name), bool | int | str)
 

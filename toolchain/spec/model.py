@@ -158,6 +158,14 @@ _MODEL_TRAITS: dict[ThreadingModel, _ModelTraits] = {
 }
 
 
+@dataclass(frozen=True)
+class _IrqTraits:
+    """What templates need to know about an interrupt policy."""
+
+    per_request: bool
+    adaptive: bool
+
+
 class IrqPolicy(StrEnum):
     """When the device interrupts the driver."""
 
@@ -168,20 +176,19 @@ class IrqPolicy(StrEnum):
     @property
     def per_request(self) -> bool:
         """Interrupt after every completed request."""
-        return {
-            IrqPolicy.PER_BATCH: False,
-            IrqPolicy.PER_REQUEST: True,
-            IrqPolicy.ADAPTIVE: False,
-        }[self]
+        return _IRQ_TRAITS[self].per_request
 
     @property
     def adaptive(self) -> bool:
         """Interrupt at the end of a batch, or sooner when completions pile up or age."""
-        return {
-            IrqPolicy.PER_BATCH: False,
-            IrqPolicy.PER_REQUEST: False,
-            IrqPolicy.ADAPTIVE: True,
-        }[self]
+        return _IRQ_TRAITS[self].adaptive
+
+
+_IRQ_TRAITS: dict[IrqPolicy, _IrqTraits] = {
+    IrqPolicy.PER_BATCH: _IrqTraits(per_request=False, adaptive=False),
+    IrqPolicy.PER_REQUEST: _IrqTraits(per_request=True, adaptive=False),
+    IrqPolicy.ADAPTIVE: _IrqTraits(per_request=False, adaptive=True),
+}
 
 
 @dataclass(frozen=True)
