@@ -385,17 +385,17 @@ static void blk_irq(BlkQueue *q, enum blk_irq_point at) {
         q->unsignalled = 0;
         return;
     }
-    if (at != BLK_IRQ_BATCH_END) {
+    if (at != BLK_IRQ_BATCH_END && q->unsignalled < BLK_IRQ_PENDING) {
         /* The end of a batch (the ring ran dry) always interrupts; before
          * it, once BLK_IRQ_PENDING completions wait or the oldest of them
          * has waited BLK_IRQ_DELAY_NS, so that the driver refills the ring
          * while the worker is still busy, without an interrupt (a hypercall
-         * on the board, an eventfd write on vhost-user) per request. */
+         * on the board, an eventfd write on vhost-user) per request. The
+         * clock is read only when the count does not decide. */
         const uint64_t now = blk_now_ns();
         if (q->unsignalled == 1)
             q->unsignalled_since = now;
-        if (q->unsignalled < BLK_IRQ_PENDING &&
-            now - q->unsignalled_since < BLK_IRQ_DELAY_NS)
+        if (now - q->unsignalled_since < BLK_IRQ_DELAY_NS)
             return;
     }
     q->unsignalled = 0;
