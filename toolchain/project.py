@@ -64,6 +64,11 @@ class Layout:
         """Every shipped spec, sorted."""
         return sorted(p.stem for p in self.spec_dir.glob("*.yaml"))
 
+    @property
+    def outside_by_name(self) -> dict[str, Path]:
+        """The outside spec files by the name they go by (their stem)."""
+        return {p.stem: p for p in self.outside}
+
     def spec_files(self, names: list[str] | None = None) -> list[Path]:
         """The YAML files of spec names (or paths), in order; default every shipped spec.
 
@@ -71,13 +76,13 @@ class Layout:
         """
         if not names:
             return spec_paths(self.spec_dir)
-        outside = {p.stem: p for p in self.outside}
+        outside = self.outside_by_name
         shipped = iter(spec_paths(self.spec_dir, [n for n in names if n not in outside]))
         return [outside[n] if n in outside else next(shipped) for n in names]
 
     def spec_argument(self, name: str) -> str:
         """What `--spec` takes for a spec name: the path it was given by, or the name."""
-        outside = {p.stem: p for p in self.outside}
+        outside = self.outside_by_name
         return str(outside[name]) if name in outside else name
 
     def test_files(self, patterns: list[str]) -> list[Path]:
@@ -105,7 +110,7 @@ def resolve(layout: Layout, args: list[str], force: bool = False) -> tuple[Layou
     shipped spec's name would replace that spec's committed output: refused
     (SpecArgumentError) unless force. Unknown names and missing files: SpecError.
     """
-    outside: dict[str, Path] = {p.stem: p for p in layout.outside}
+    outside = layout.outside_by_name
     # every unknown name or missing file at once
     spec_paths(layout.spec_dir, [a for a in args if a not in outside])
     shipped = set(layout.spec_names())
@@ -161,21 +166,21 @@ def generate(
     return sync(layout.root, files, check=check, owned=owned)
 
 
-def build_one(layout: Layout, spec: str, target: str) -> BuildResult:
-    """Build build/<target>/<spec>/vhost-user-blk from generated/<spec>/."""
+def _generated_pair(layout: Layout, spec: str) -> Path:
+    """generated/<spec>/, or FileNotFoundError saying how to generate it."""
     generated = layout.generated_for(spec)
     if not (generated / "virtio_blk.c").is_file():
         raise FileNotFoundError(
             f"{generated} has no virtio_blk.c; run: invoke gen --spec {layout.spec_argument(spec)}"
         )
-    return build(load_target(target), generated, layout.build_for(target, spec))
+    return generated
+
+
+def build_one(layout: Layout, spec: str, target: str) -> BuildResult:
+    """Build build/<target>/<spec>/vhost-user-blk from generated/<spec>/."""
+    return build(load_target(target), _generated_pair(layout, spec), layout.build_for(target, spec))
 
 
 def build_fuzzer(layout: Layout, spec: str) -> BuildResult:
     """Build build/fuzz/<spec>/fuzz_blk from generated/<spec>/."""
-    generated = layout.generated_for(spec)
-    if not (generated / "virtio_blk.c").is_file():
-        raise FileNotFoundError(
-            f"{generated} has no virtio_blk.c; run: invoke gen --spec {layout.spec_argument(spec)}"
-        )
-    return fuzz.build_fuzzer(generated, layout.fuzz_for(spec))
+    return fuzz.build_fuzzer(_generated_pair(layout, spec), layout.fuzz_for(spec))
