@@ -14,7 +14,8 @@ from ..targets import WARNINGS
 from ..tools import require
 
 SOURCE_DIR = Path(__file__).parent
-CFLAGS = ["-std=gnu17", "-O2", "-g", "-pthread"]
+RUNTIME_DIR = SOURCE_DIR.parent / "runtime"  # hvisor_dev.h: the bridge page's layout
+CFLAGS = ["-std=gnu17", "-O2", "-g", "-pthread", f"-I{RUNTIME_DIR}"]
 
 
 class LoadgenError(RuntimeError):
@@ -38,7 +39,8 @@ def build_loadgen(build_dir: Path) -> BuildResult:
         str(binary),
         "-pthread",
     ]
-    return compile_cached(cmd, sources() + sorted(SOURCE_DIR.glob("*.h")), binary)
+    headers = [*sorted(SOURCE_DIR.glob("*.h")), RUNTIME_DIR / "hvisor_dev.h"]
+    return compile_cached(cmd, sources() + headers, binary)
 
 
 @dataclass(frozen=True)
@@ -69,23 +71,36 @@ class Timing:
         return self.seconds + self.warmup + self.ramp + 4 * self.timeout + 30
 
 
-def run_json(argv: Sequence[str], limit: float) -> dict[str, Any]:
-    """Run a loadgen command line; its stdout must be one JSON object."""
+def spawn(argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start a loadgen command line (see :func:`collect_json`)."""
+    return subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def collect_json(proc: subprocess.Popen[str], limit: float) -> dict[str, Any]:
+    """Wait (at most ``limit`` s) for a started loadgen; its stdout must be one JSON object."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=limit)
+        stdout, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise LoadgenError(f"loadgen did not finish within {limit:.0f}s") from None
     if proc.returncode != 0:
-        raise LoadgenError(
-            f"loadgen exited {proc.returncode}: {proc.stderr.strip() or '(no message)'}"
-        )
+        raise LoadgenError(f"loadgen exited {proc.returncode}: {stderr.strip() or '(no message)'}")
     try:
-        data = json.loads(proc.stdout)
+        data = json.loads(stdout)
     except json.JSONDecodeError as exc:
         raise LoadgenError(f"loadgen printed no JSON object: {exc}") from None
     if not isinstance(data, dict):
         raise LoadgenError("loadgen printed JSON that is not an object")
     return data
+
+
+def run_json(argv: Sequence[str], limit: float) -> dict[str, Any]:
+    """Run a loadgen command line; its stdout must be one JSON object."""
+    return collect_json(spawn(argv), limit)
 
 
 def memcpy_bandwidth(

@@ -122,7 +122,7 @@ class HvisorBackend(Backend):
         self.socket_path = self.world.socket_path
         self.env = {**self.env, "HVISOR_SIM_SOCKET": self.world.socket_path}
         self.argv = [str(config) if a == "{config}" else a for a in self.argv]
-        self._spawn()
+        self.spawn()
         try:
             self.world.wait_attached(self.start_timeout)
         except BridgeError as e:

@@ -117,8 +117,12 @@ class Backend:
             raise BackendError("backend not started")
         return self.proc.pid
 
-    def _spawn(self) -> None:
-        """Launch the process, logging its command line and output."""
+    def spawn(self) -> None:
+        """Launch the process, logging its command line and output; no wait.
+
+        :meth:`start` waits for the socket; a daemon that connects to its
+        world instead (the hvisor transport) is only spawned.
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env_prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(self.env.items()))
         self.cmd_path.write_text(env_prefix + shlex.join(self.argv) + "\n")
@@ -140,7 +144,7 @@ class Backend:
         """Launch the process and wait (bounded) for its socket to appear."""
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
-        self._spawn()
+        self.spawn()
         assert self.proc is not None
         deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(self.socket_path):
