@@ -12,15 +12,19 @@
  *           [--seconds 10] [--warmup 1] [--ramp 0] [--rwmixread 50] [--poll]
  *           [--event-idx] [--ring-size N] [--span BYTES] [--timeout 5]
  *           [--seed N]
+ *   loadgen --hvisor DIR --image PATH [the same options but --queues]
  *   loadgen --memcpy-bench [--bs 1048576] [--seconds 1]
  */
 #define _GNU_SOURCE
 #include "histogram.h"
+#include "hvisor_world.h"
 #include "vhost_client.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_mmio.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -70,6 +74,8 @@ static const char *const rw_names[] = {"read", "write", "randread", "randwrite",
 
 struct options {
     const char *socket;
+    const char *hvisor_dir; /* hvisor transport: loadgen plays hvisor */
+    const char *image;      /* the image the zone JSON names */
     enum rw_mode rw;
     uint64_t bs;
     unsigned qd;
@@ -156,6 +162,9 @@ struct client {
 
 static atomic_bool g_abort;
 static atomic_uint g_done;
+/* The hvisor transport's world (NULL over vhost-user); one vCPU, one queue,
+ * used by the client thread only once the device is set up. */
+static struct hvw *g_hv;
 
 /* --- small helpers ------------------------------------------------------ */
 
@@ -220,6 +229,8 @@ static void usage(void) {
           "               [--warmup S] [--ramp S] [--rwmixread PCT] [--poll]\n"
           "               [--event-idx] [--ring-size N] [--span BYTES]\n"
           "               [--timeout S] [--seed N]\n"
+          "       loadgen --hvisor DIR --image PATH [the options above but "
+          "--queues]\n"
           "       loadgen --memcpy-bench [--bs BYTES] [--seconds S]\n",
           stderr);
     exit(2);
@@ -265,8 +276,12 @@ static void check_options(const struct options *o) {
     const char *bad = NULL;
     if (o->memcpy_bench)
         bad = o->bs == 0 ? "--bs must be > 0" : NULL;
-    else if (!o->socket)
-        bad = "--socket is required";
+    else if (!o->socket == !o->hvisor_dir)
+        bad = "give one of --socket PATH and --hvisor DIR";
+    else if (o->hvisor_dir && !o->image)
+        bad = "--hvisor needs --image PATH (the image the zone JSON names)";
+    else if (o->hvisor_dir && o->queues != 1)
+        bad = "--hvisor drives one queue (one vCPU)";
     else if (o->bs == 0 || o->bs % 512)
         bad = "--bs must be a positive multiple of 512";
     else if (o->qd == 0 || o->qd > 4096)
@@ -298,7 +313,9 @@ static void parse_args(int argc, char **argv, struct options *o) {
         O_TMO,
         O_SEED,
         O_MEMCPY,
-        O_WARM
+        O_WARM,
+        O_HVISOR,
+        O_IMAGE
     };
     static const struct option longs[] = {
         {"socket", required_argument, NULL, 's'},
@@ -317,6 +334,8 @@ static void parse_args(int argc, char **argv, struct options *o) {
         {"timeout", required_argument, NULL, O_TMO},
         {"seed", required_argument, NULL, O_SEED},
         {"memcpy-bench", no_argument, NULL, O_MEMCPY},
+        {"hvisor", required_argument, NULL, O_HVISOR},
+        {"image", required_argument, NULL, O_IMAGE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -380,6 +399,12 @@ static void parse_args(int argc, char **argv, struct options *o) {
             break;
         case O_MEMCPY:
             o->memcpy_bench = true;
+            break;
+        case O_HVISOR:
+            o->hvisor_dir = optarg;
+            break;
+        case O_IMAGE:
+            o->image = optarg;
             break;
         default:
             usage();
@@ -624,8 +649,12 @@ static void publish(struct client *c, uint16_t old) {
     if (!kick)
         return;
     uint64_t one = 1;
-    if (write(q->kick_fd, &one, sizeof(one)) != sizeof(one))
+    if (g_hv) {
+        if (hvw_notify(g_hv, q->index, (int)(c->opt->timeout * 1000)) < 0)
+            client_fail(c, "queue %u: QueueNotify: %s", q->index, g_hv->error);
+    } else if (write(q->kick_fd, &one, sizeof(one)) != sizeof(one)) {
         client_fail(c, "queue %u: kick: %s", q->index, strerror(errno));
+    }
     if (in_window(now_ns()))
         c->st.kicks++;
 }
@@ -700,10 +729,37 @@ static int reap(struct client *c, unsigned *outstanding, uint64_t t) {
     return n;
 }
 
+/* Linux's vm_interrupt: read InterruptStatus, acknowledge what it says
+ * (two trapped accesses the daemon's main thread answers); the used ring is
+ * reaped by the caller whatever the status.  Injections that arrived while
+ * the vCPU was busy merge into one, as a pending IRQ does. */
+static uint64_t hv_take_interrupt(struct client *c) {
+    int tmo = (int)(c->opt->timeout * 1000);
+    if (hvw_pump(g_hv) < 0) {
+        client_fail(c, "the daemon went away");
+        return 0;
+    }
+    uint64_t n = g_hv->pending_irqs, status = 0;
+    if (!n)
+        return 0;
+    g_hv->pending_irqs = 0;
+    if (hvw_access(g_hv, VIRTIO_MMIO_INTERRUPT_STATUS, 4, false, &status, tmo) <
+            0 ||
+        (status && hvw_access(g_hv, VIRTIO_MMIO_INTERRUPT_ACK, 4, true, &status,
+                              tmo) < 0))
+        client_fail(c, "interrupt: %s", g_hv->error);
+    return n;
+}
+
 static void count_interrupts(struct client *c, uint64_t t) {
     uint64_t v;
-    if (read(c->q.call_fd, &v, sizeof(v)) == sizeof(v) && in_window(t))
+    if (g_hv) {
+        v = hv_take_interrupt(c);
+        if (v && in_window(t))
+            c->st.interrupts += v;
+    } else if (read(c->q.call_fd, &v, sizeof(v)) == sizeof(v) && in_window(t)) {
         c->st.interrupts += v;
+    }
 }
 
 /* Wait (bounded) for the call eventfd; false on abort. */
@@ -715,7 +771,11 @@ static bool wait_interrupt(struct client *c, unsigned outstanding) {
     }
     if (used_idx(q) != q->last_used || outstanding == 0)
         return true;
-    struct pollfd pfd = {q->call_fd, POLLIN, 0};
+    if (g_hv && g_hv->pending_irqs) { /* arrived during an MMIO wait */
+        count_interrupts(c, now_ns());
+        return true;
+    }
+    struct pollfd pfd = {g_hv ? g_hv->conn_fd : q->call_fd, POLLIN, 0};
     int r = poll(&pfd, 1, POLL_SLICE_MS);
     if (r < 0 && errno != EINTR) {
         client_fail(c, "queue %u: poll: %s", q->index, strerror(errno));
@@ -784,6 +844,7 @@ struct device {
     uint64_t max_queues;
     uint64_t capacity_bytes;
     uint32_t size_max, seg_max;
+    uint32_t queue_num_max; /* hvisor transport: QueueNumMax of queue 0 */
 };
 
 static void vu_check(struct vu_conn *c, int rc, const char *what) {
@@ -891,6 +952,81 @@ static void setup_queue(struct device *d, struct queue *q) {
                  "SET_VRING_ENABLE");
 }
 
+/* --- the hvisor transport: virtio-mmio set-up (virtio 1.2 section 4.2.3) -- */
+
+static uint32_t mmio_read(const struct options *o, uint32_t off) {
+    uint64_t v = 0;
+    if (hvw_access(g_hv, off, 4, false, &v, (int)(o->timeout * 1000)) < 0)
+        die("hvisor: read %#x: %s", off, g_hv->error);
+    return (uint32_t)v;
+}
+
+static void mmio_write(const struct options *o, uint32_t off, uint32_t val) {
+    uint64_t v = val;
+    if (hvw_access(g_hv, off, 4, true, &v, (int)(o->timeout * 1000)) < 0)
+        die("hvisor: write %#x: %s", off, g_hv->error);
+}
+
+static void hv_negotiate(struct device *d, const struct options *o) {
+    uint32_t magic = mmio_read(o, VIRTIO_MMIO_MAGIC_VALUE);
+    uint32_t version = mmio_read(o, VIRTIO_MMIO_VERSION);
+    uint32_t id = mmio_read(o, VIRTIO_MMIO_DEVICE_ID);
+    if (magic != 0x74726976u || version != 2 || id != 2)
+        die("hvisor: not a virtio-mmio v2 block device (magic %#x, version "
+            "%u, device id %u)",
+            magic, version, id);
+    mmio_write(o, VIRTIO_MMIO_STATUS, 0);
+    mmio_write(o, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    mmio_write(o, VIRTIO_MMIO_STATUS,
+               VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+    mmio_write(o, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+    uint64_t lo = mmio_read(o, VIRTIO_MMIO_DEVICE_FEATURES);
+    mmio_write(o, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+    uint64_t hi = mmio_read(o, VIRTIO_MMIO_DEVICE_FEATURES);
+    d->offered = hi << 32 | lo;
+    if (!(d->offered & BIT(VIRTIO_F_VERSION_1)))
+        die("device does not offer VIRTIO_F_VERSION_1");
+    uint64_t known = BIT(VIRTIO_BLK_F_SIZE_MAX) | BIT(VIRTIO_BLK_F_SEG_MAX) |
+                     BIT(VIRTIO_BLK_F_RO) | BIT(VIRTIO_BLK_F_BLK_SIZE) |
+                     BIT(VIRTIO_BLK_F_FLUSH) | BIT(VIRTIO_F_VERSION_1);
+    if (o->event_idx)
+        known |= BIT(VIRTIO_RING_F_EVENT_IDX);
+    if (o->event_idx && !(d->offered & BIT(VIRTIO_RING_F_EVENT_IDX)))
+        fprintf(stderr, "loadgen: EVENT_IDX asked but not offered; running "
+                        "without it\n");
+    d->features = d->offered & known;
+    mmio_write(o, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+    mmio_write(o, VIRTIO_MMIO_DRIVER_FEATURES, (uint32_t)d->features);
+    mmio_write(o, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    mmio_write(o, VIRTIO_MMIO_DRIVER_FEATURES, (uint32_t)(d->features >> 32));
+    uint32_t want = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER |
+                    VIRTIO_CONFIG_S_FEATURES_OK;
+    mmio_write(o, VIRTIO_MMIO_STATUS, want);
+    if (!(mmio_read(o, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK))
+        die("device refused features %#" PRIx64, d->features);
+    d->max_queues = 1;
+    d->capacity_bytes = ((uint64_t)mmio_read(o, VIRTIO_MMIO_CONFIG + 4) << 32 |
+                         mmio_read(o, VIRTIO_MMIO_CONFIG)) *
+                        512;
+    d->size_max = mmio_read(o, VIRTIO_MMIO_CONFIG + 8);
+    d->seg_max = mmio_read(o, VIRTIO_MMIO_CONFIG + 12);
+    mmio_write(o, VIRTIO_MMIO_QUEUE_SEL, 0);
+    d->queue_num_max = mmio_read(o, VIRTIO_MMIO_QUEUE_NUM_MAX);
+}
+
+static void hv_setup_queue(const struct options *o, struct queue *q) {
+    mmio_write(o, VIRTIO_MMIO_QUEUE_SEL, q->index);
+    mmio_write(o, VIRTIO_MMIO_QUEUE_NUM, q->size);
+    /* Low halves before high ones, as Linux writes them. */
+    mmio_write(o, VIRTIO_MMIO_QUEUE_DESC_LOW, (uint32_t)q->desc_gpa);
+    mmio_write(o, VIRTIO_MMIO_QUEUE_DESC_HIGH, (uint32_t)(q->desc_gpa >> 32));
+    mmio_write(o, VIRTIO_MMIO_QUEUE_AVAIL_LOW, (uint32_t)q->avail_gpa);
+    mmio_write(o, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, (uint32_t)(q->avail_gpa >> 32));
+    mmio_write(o, VIRTIO_MMIO_QUEUE_USED_LOW, (uint32_t)q->used_gpa);
+    mmio_write(o, VIRTIO_MMIO_QUEUE_USED_HIGH, (uint32_t)(q->used_gpa >> 32));
+    mmio_write(o, VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
 /* --- output --------------------------------------------------------------- */
 
 static double us(uint64_t ns) { return (double)ns / 1000.0; }
@@ -987,6 +1123,8 @@ static void print_result(const struct options *o, const struct device *d,
 
 /* Wait for the clients; a backend that closes the control socket aborts. */
 static void supervise(struct device *d, unsigned nclients) {
+    while (g_hv && atomic_load(&g_done) < nclients) /* the client reads */
+        poll(NULL, 0, POLL_SLICE_MS);
     while (atomic_load(&g_done) < nclients) {
         struct pollfd pfd = {d->conn.sock, POLLIN | POLLRDHUP, 0};
         int r = poll(&pfd, 1, POLL_SLICE_MS);
@@ -1015,6 +1153,13 @@ static void setup_clients(struct device *d, struct guest *g,
         c->event_idx = d->features & BIT(VIRTIO_RING_F_EVENT_IDX);
         hist_init(&c->st.hist);
     }
+    if (g_hv) {
+        hv_setup_queue(o, &clients[0].q);
+        mmio_write(o, VIRTIO_MMIO_STATUS,
+                   VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER |
+                       VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+        return;
+    }
     struct vu_region region = {GUEST_BASE, g->size,
                                (uint64_t)(uintptr_t)g->base, 0, g->fd};
     vu_check(&d->conn, vu_set_mem_table(&d->conn, &region, 1), "SET_MEM_TABLE");
@@ -1022,15 +1167,34 @@ static void setup_clients(struct device *d, struct guest *g,
         setup_queue(d, &clients[i].q);
 }
 
+/* The hvisor transport: guest RAM first (the daemon maps it when it
+ * starts), sized for the largest ring, then the world and the device. */
+static void hv_connect(struct device *d, struct guest *g,
+                       const struct options *o) {
+    static struct hvw hv;
+    guest_create(g, queue_bytes(MAX_RING, o->qd, o->bs));
+    fill_random(g->base, g->size, o->seed);
+    if (hvw_create(&hv, o->hvisor_dir, GUEST_BASE, g->size, o->image) < 0 ||
+        hvw_attach(&hv, g->fd, GUEST_BASE, g->size, (int)(o->timeout * 2000)) <
+            0)
+        die("hvisor: %s", hv.error);
+    g_hv = &hv;
+    hv_negotiate(d, o);
+}
+
 static int run(const struct options *o) {
     static struct client clients[MAX_QUEUES];
     struct device d = {0};
     struct guest g;
-    if (vu_connect(&d.conn, o->socket, (int)(o->timeout * 2000),
-                   (int)(o->timeout * 1000)) < 0)
-        die("%s", d.conn.error);
-    negotiate(&d, o);
-    read_config(&d, o);
+    if (o->hvisor_dir) {
+        hv_connect(&d, &g, o);
+    } else {
+        if (vu_connect(&d.conn, o->socket, (int)(o->timeout * 2000),
+                       (int)(o->timeout * 1000)) < 0)
+            die("%s", d.conn.error);
+        negotiate(&d, o);
+        read_config(&d, o);
+    }
     uint64_t span =
         o->span && o->span < d.capacity_bytes ? o->span : d.capacity_bytes;
     if (span / o->bs < o->queues)
@@ -1040,11 +1204,18 @@ static int run(const struct options *o) {
     unsigned dpr = descs_per_request(&d, o, &seg);
     unsigned ring = o->ring_size ? o->ring_size
                                  : (unsigned)next_pow2((uint64_t)dpr * o->qd);
+    if (g_hv && !o->ring_size && ring > d.queue_num_max)
+        ring = d.queue_num_max; /* Linux's choice: QueueNumMax */
     if (ring > MAX_RING || (uint64_t)dpr * o->qd > ring)
         die("qd %u x %u descriptors does not fit a ring of %u", o->qd, dpr,
             ring);
-    guest_create(&g, (uint64_t)o->queues * queue_bytes(ring, o->qd, o->bs));
-    fill_random(g.base, g.size, o->seed); /* write data; rings zeroed below */
+    if (g_hv && (ring > d.queue_num_max || (ring & (ring - 1))))
+        die("a ring of %u entries: the device's QueueNumMax is %u", ring,
+            d.queue_num_max);
+    if (!g_hv) {
+        guest_create(&g, (uint64_t)o->queues * queue_bytes(ring, o->qd, o->bs));
+        fill_random(g.base, g.size, o->seed); /* data; rings zeroed below */
+    }
     setup_clients(&d, &g, o, clients, ring, dpr, seg, span);
 
     uint64_t t0 = now_ns();
@@ -1067,7 +1238,10 @@ static int run(const struct options *o) {
     if (atomic_load(&g_abort) || failed)
         return 1;
     print_result(o, &d, ring, clients);
-    vu_close(&d.conn);
+    if (g_hv)
+        hvw_close(g_hv);
+    else
+        vu_close(&d.conn);
     return 0;
 }
 
