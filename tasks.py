@@ -558,9 +558,14 @@ def flash_task(
 
 
 @task(
-    iterable=["spec", "job"],
+    iterable=["spec", "job", "hvisor_tree"],
     help={
         "spec": "spec to compare (repeatable; the first is A); default: procq, virtio-blk",
+        "transport": "vhost-user (default) or hvisor (the guest's register accesses go "
+        "through the daemon's main thread, as on the board)",
+        "hvisor-tree": "an hvisor-tool checkout (repeatable; newest first, e.g. HEAD then "
+        "the pre-PR e85aa70): also its daemon with its own pair and, from the first "
+        "tree, with every spec's pair; needs --transport hvisor",
         "target": "host (native) or rk3588 (under qemu-aarch64); default host",
         "job": "job from toolchain/bench/jobs.yaml (repeatable); default: all",
         "runs": "runs per backend and job (alternating A B peer A B peer ...)",
@@ -584,6 +589,8 @@ def bench(
     pin: bool = False,
     image_mib: int = 0,
     force: bool = False,
+    transport: str = "vhost-user",
+    hvisor_tree: list[str] | None = None,
 ) -> None:
     """Benchmark specs side by side (and a peer); results in build/bench/<timestamp>/."""
     from toolchain.bench.runner import BenchConfig, run_bench
@@ -600,6 +607,8 @@ def bench(
         pin=pin,
         image_mib=image_mib or None,
         command=shlex.join(["invoke", *sys.argv[1:]]),
+        transport=transport,
+        hvisor_trees=tuple(hvisor_tree or ()),
     )
     _gen(layout, names)
     try:

@@ -84,6 +84,92 @@ def compare(plan: Plan, summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: The seed's two devices as shipped specs: the pre-PR model and HEAD's.
+SEED_BEFORE, SEED_AFTER = "procq", "virtio-blk"
+#: What the seed's table reports, per job: throughput, then the tail.
+SEED_TAIL = ("lat_p99_us", "lat_p99_99_us")
+
+
+def seed_pairs(backends: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The seed's comparisons these backends allow, as (what, baseline, other):
+    hvisor-tool's first tree over its second (HEAD over pre-PR, given in that
+    order), our worker-drain spec over our procq spec (in our runtime, and in
+    hvisor-tool's daemon), and each of our specs over upstream's own pair in
+    the same daemon."""
+    ups = [b for b in backends if b["kind"] == "upstream"]
+    out: list[tuple[str, str, str]] = []
+    if len(ups) >= 2:
+        out.append(
+            (
+                f"hvisor-tool {ups[0]['hvisor_tool_revision']} over "
+                f"{ups[1]['hvisor_tool_revision']}, each with its own pair",
+                ups[1]["name"],
+                ups[0]["name"],
+            )
+        )
+    for kind, where in (("spec", "our runtime"), ("daemon", "hvisor-tool's daemon")):
+        pick = {b["spec"]: b["name"] for b in backends if b["kind"] == kind}
+        if SEED_BEFORE in pick and SEED_AFTER in pick:
+            out.append(
+                (
+                    f"ours, {SEED_AFTER} (worker-drain) over {SEED_BEFORE}, in {where}",
+                    pick[SEED_BEFORE],
+                    pick[SEED_AFTER],
+                )
+            )
+    if ups:
+        for b in backends:
+            if b["kind"] == "daemon":
+                what = (
+                    f"ours over upstream: {b['spec']} over hvisor-tool "
+                    f"{ups[0]['hvisor_tool_revision']}'s own pair, in its daemon"
+                )
+                out.append((what, ups[0]["name"], b["name"]))
+    return out
+
+
+def _ratio_range(base: dict[str, Any], other: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """other/base: the ratio of medians, the extremes the runs allow, and whether
+    the two backends' ranges overlap."""
+    try:
+        b, o = base["median"][metric], other["median"][metric]
+        if not b or not base["min"][metric] or not base["max"][metric]:
+            return None
+        return {
+            "median": o / b,
+            "low": other["min"][metric] / base["max"][metric],
+            "high": other["max"][metric] / base["min"][metric],
+            "within_noise": within_noise(base, other, metric),
+        }
+    except KeyError:
+        return None
+
+
+def seed_comparisons(
+    plan: Plan, backends: list[dict[str, Any]], summary: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The seed's table: for each pair and job, throughput, p99 and p99.99 as ratios."""
+    index = {(s["job"], s["backend"]): s for s in summary}
+    out: list[dict[str, Any]] = []
+    for what, base, other in seed_pairs(backends):
+        for job in plan.jobs:
+            a, b = index.get((job.name, base)), index.get((job.name, other))
+            if a is None or b is None:
+                continue
+            head = "mib_s" if job.sequential_read else "iops"
+            ratios = {m: _ratio_range(a, b, m) for m in (head, *SEED_TAIL)}
+            out.append(
+                {
+                    "what": what,
+                    "baseline": base,
+                    "other": other,
+                    "job": job.name,
+                    "ratios": {m: r for m, r in ratios.items() if r is not None},
+                }
+            )
+    return out
+
+
 def _median_run(plan: Plan, job: str, backend: str) -> dict[str, Any] | None:
     good = [r for r in plan.runs if r["job"] == job and r["backend"] == backend and r["ok"]]
     if not good:
@@ -98,6 +184,7 @@ def results_document(
     """The results.json object (schema in docs/bench.md)."""
     summary = summarize(plan, memcpy)
     cfg = plan.config
+    backends = [c.describe() for c in plan.contenders]
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
@@ -105,6 +192,7 @@ def results_document(
         "machine": machine,
         "settings": {
             "target": cfg.target,
+            "transport": cfg.transport,
             "runs": cfg.runs,
             "seconds": cfg.seconds,
             "warmup_s": cfg.warmup,
@@ -114,12 +202,13 @@ def results_document(
             "order": "alternating: for each job, run i of every backend before run i+1",
         },
         "memcpy": memcpy,
-        "backends": [c.describe() for c in plan.contenders],
+        "backends": backends,
         "jobs": [j.model_dump() for j in plan.jobs],
         "runs": [{k: v for k, v in r.items() if k != "loadgen"} | _slim(r) for r in plan.runs],
         "skipped": plan.skipped,
         "summary": summary,
         "comparisons": compare(plan, summary),
+        "seed_comparisons": seed_comparisons(plan, backends, summary),
     }
 
 
@@ -193,7 +282,8 @@ def report_markdown(doc: dict[str, Any]) -> str:
         f"- machine: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}; "
         f"load average at start {m['load_avg_start'][0]:.2f}, "
         f"at end {m.get('load_avg_end', [0.0])[0]:.2f}",
-        f"- target: {s['target']}; placement: {where}; {s['runs']} run(s) x {s['seconds']} s "
+        f"- target: {s['target']}; transport: {s['transport']}; placement: {where}; "
+        f"{s['runs']} run(s) x {s['seconds']} s "
         f"(+{s['warmup_s']} s warm-up) per backend and job, alternating",
         f"- image: {s['image_bytes'] >> 20} MiB of random data in {s['image_dir']}",
         f"- memcpy, 1 MiB blocks, one core: {doc['memcpy']['gib_s']:.2f} GiB/s",
@@ -209,6 +299,7 @@ def report_markdown(doc: dict[str, Any]) -> str:
             "difference below can be told from noise. Use --runs 3 or more.**",
             "",
         ]
+    lines += _seed_table(doc)
     index = {(x["job"], x["backend"]): x for x in doc["summary"]}
     for job in doc["jobs"]:
         name = job["name"]
@@ -253,6 +344,39 @@ def report_markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"![latency tail](latency-cdf-{name}.png)", ""]
     lines += ["![IOPS](iops.png)", ""]
     return "\n".join(lines)
+
+
+def _seed_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "—"
+    text = f"x{r['median']:.2f} ({r['low']:.2f} to {r['high']:.2f})"
+    return text + (", within noise" if r["within_noise"] else "")
+
+
+def _seed_table(doc: dict[str, Any]) -> list[str]:
+    """The seed's comparisons, first in the report."""
+    rows = doc["seed_comparisons"]
+    if not rows:
+        return []
+    lines = [
+        "## The seed's comparisons",
+        "",
+        "Other over baseline: the ratio of medians, then (in brackets) the lowest and "
+        "highest ratio the runs allow (other's min over baseline's max, other's max over "
+        "baseline's min). Above 1 is better for IOPS and MiB/s, worse for latency.",
+        "",
+        "| Comparison | job | baseline → other | IOPS or MiB/s | p99 | p99.99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        head = r["ratios"].get("mib_s") or r["ratios"].get("iops")
+        unit = "MiB/s" if "mib_s" in r["ratios"] else "IOPS"
+        lines.append(
+            f"| {r['what']} | {r['job']} | {r['baseline']} → {r['other']} | "
+            f"{unit} {_seed_cell(head)} | {_seed_cell(r['ratios'].get('lat_p99_us'))} | "
+            f"{_seed_cell(r['ratios'].get('lat_p99_99_us'))} |"
+        )
+    return [*lines, ""]
 
 
 # -- plots -----------------------------------------------------------------------

@@ -3,6 +3,14 @@
 Every run starts its backend fresh on a shared image in /dev/shm, runs the
 load generator against it, reads the backend's CPU time and peak RSS from
 /proc, and stops it with SIGTERM (it must exit 0).
+
+Over vhost-user the backend listens and the load generator connects. Over
+hvisor the load generator plays hvisor and the guest's vCPU: it makes the
+bridge page and the zone's RAM, writes the zone JSON and listens; the
+daemon (the project's runtime with ``--hvisor``, or hvisor-tool's own,
+built from a tree with the /dev/hvisor stand-in) attaches to it, and every
+register access of the guest goes through the daemon's main thread, as on
+the board.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -20,13 +29,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import hvisor
+from ..bridge import daemon
 from ..guest.backend import Backend, BackendError
 from ..project import Layout, build_one
 from ..targets import load_target
 from .jobs import Job, select_jobs
-from .loadgen import LoadgenError, Timing, build_loadgen, memcpy_bandwidth, run_json
+from .loadgen import (
+    LoadgenError,
+    Timing,
+    build_loadgen,
+    collect_json,
+    memcpy_bandwidth,
+    run_json,
+    spawn,
+)
 
 PEERS = ("qsd",)
+TRANSPORTS = ("vhost-user", "hvisor")
 BACKEND_CPU = "0"
 CLIENT_CPU = "1"
 CHUNK = 16 << 20
@@ -50,6 +70,8 @@ class BenchConfig:
     image_dir: str = "/dev/shm"
     out_dir: Path | None = None  # default: build/bench/<timestamp>/
     command: str = ""
+    transport: str = "vhost-user"
+    hvisor_trees: tuple[str, ...] = ()  # hvisor-tool checkouts (hvisor transport)
 
     def check(self) -> None:
         """ValueError for settings that cannot run."""
@@ -61,19 +83,40 @@ class BenchConfig:
             raise ValueError(f"unknown peer '{self.peer}'; known: {', '.join(PEERS)}")
         if self.runs < 1 or self.seconds <= 0 or self.warmup < 0:
             raise ValueError("runs must be >= 1, seconds > 0, warmup >= 0")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(
+                f"unknown transport '{self.transport}'; known: {', '.join(TRANSPORTS)}"
+            )
+        if self.hvisor_trees and self.transport != "hvisor":
+            raise ValueError(
+                "--hvisor-tree runs hvisor-tool's own daemon, which serves only the "
+                "hvisor transport: add --transport hvisor"
+            )
+        if self.peer is not None and self.transport != "vhost-user":
+            raise ValueError(
+                f"--peer {self.peer}: qemu-storage-daemon serves vhost-user only; "
+                "drop --peer or use --transport vhost-user"
+            )
+
+
+Kind = Literal["spec", "peer", "upstream", "daemon"]
 
 
 @dataclass(frozen=True)
 class Contender:
-    """A backend in the comparison: one of our specs, or the reference peer."""
+    """A backend in the comparison: one of our specs, the reference peer, or
+    hvisor-tool's daemon serving its own pair (``upstream``) or one of our
+    specs' (``daemon``)."""
 
     name: str
     role: str  # "A", "B", ... or "peer"
-    kind: Literal["spec", "peer"]
+    kind: Kind
     num_queues: int | None  # None: as many as the job asks for
     argv_prefix: tuple[str, ...] = ()
     binary: str = ""
     env: tuple[tuple[str, str], ...] = ()
+    spec: str = ""  # the spec whose pair it serves ("" for the peer and upstream)
+    revision: str = ""  # hvisor-tool's, for upstream and daemon
 
     def describe(self) -> dict[str, Any]:
         """The contender as results.json records it."""
@@ -83,11 +126,24 @@ class Contender:
             "kind": self.kind,
             "num_queues": self.num_queues,
             "binary": self.binary,
+            "spec": self.spec,
+            "hvisor_tool_revision": self.revision,
         }
 
-    def backend(self, image: str, log_dir: Path, name: str, job: Job, pin: bool) -> Backend:
-        """A fresh, unstarted backend process for one run."""
+    def backend(
+        self, image: str, log_dir: Path, name: str, job: Job, pin: bool, world: str = ""
+    ) -> Backend:
+        """A fresh, unstarted backend process for one run; with ``world`` (a
+        directory), the hvisor transport's daemon for that world."""
         cpu = ("taskset", "-c", BACKEND_CPU) if pin else ()
+        if world:
+            config = os.path.join(world, "zone.json")
+            if self.kind == "spec":
+                argv = [*cpu, *self.argv_prefix, self.binary, "--hvisor", config]
+            else:
+                argv = [*cpu, *self.argv_prefix, self.binary, "virtio", "start", config]
+            env = {**dict(self.env), "HVISOR_SIM_SOCKET": os.path.join(world, "hvisor.sock")}
+            return Backend(argv, "", log_dir, name, own_dir=world, env=env)
         if self.kind == "peer":
             return qsd_backend(image, log_dir, name, job.queues, cpu)
         return Backend.vhost_user_blk(
@@ -209,24 +265,71 @@ class Plan:
         return {"pinned": False, "backend_cpus": "any", "client_cpus": "any"}
 
 
+def _daemons(
+    layout: Layout, config: BenchConfig, queues: dict[str, int], first_role: int
+) -> list[Contender]:
+    """hvisor-tool's daemon from every tree with its own pair, then from the first
+    tree with each spec's pair (native x86_64 for host, qemu-aarch64 for rk3588)."""
+    arch = daemon.ARCH_OF_TARGET.get(config.target)
+    if arch is None:
+        raise ValueError(f"--hvisor-tree: no hvisor-tool build stands for target {config.target}")
+    out: list[Contender] = []
+    seen: set[str] = set()
+
+    def add(kind: Kind, name: str, built: daemon.Daemon, spec: str, nq: int | None) -> None:
+        while name in seen:  # two trees at one revision
+            name += "'"
+        seen.add(name)
+        role = chr(ord("A") + first_role + len(out))
+        runner = tuple(built.arch.runner)
+        binary = str(built.binary)
+        out.append(Contender(name, role, kind, nq, runner, binary, (), spec, built.revision))
+
+    first: tuple[Path, str] | None = None
+    for n, raw in enumerate(config.hvisor_trees):
+        tree = Path(raw).expanduser()
+        try:
+            rev = hvisor.check_tree(tree).revision
+            root = layout.build_dir / "bench" / "hvisor-tool" / f"{n}-{rev}"
+            built = daemon.build(tree, root, daemon.UPSTREAM, None, arch)
+        except (hvisor.HvisorError, daemon.DaemonError) as exc:
+            raise ValueError(f"--hvisor-tree {raw}: {exc}") from None
+        add("upstream", f"hvisor-tool@{built.revision}", built, "", 1)
+        first = first or (tree, f"{n}-{rev}")
+    assert first is not None
+    for spec in config.specs:
+        root = layout.build_dir / "bench" / "hvisor-tool" / first[1]
+        try:
+            built = daemon.build(first[0], root, spec, layout.generated_for(spec), arch)
+        except daemon.DaemonError as exc:
+            raise ValueError(f"{spec} in hvisor-tool's daemon: {exc}") from None
+        add("daemon", f"{spec}@{built.revision}", built, spec, queues[spec])
+    return out
+
+
 def contenders_for(layout: Layout, config: BenchConfig) -> list[Contender]:
     """Build the specs and describe every contender (roles A, B, C..., then peer)."""
     target = load_target(config.target)
     out: list[Contender] = []
+    queues: dict[str, int] = {}
     for i, spec in enumerate(config.specs):
         binary = build_one(layout, spec, config.target).binary
         manifest = json.loads((layout.generated_for(spec) / "manifest.json").read_text())
+        queues[spec] = int(manifest["num_queues"])
         out.append(
             Contender(
                 name=spec,
                 role=chr(ord("A") + i),
                 kind="spec",
-                num_queues=int(manifest["num_queues"]),
+                num_queues=queues[spec],
                 argv_prefix=tuple(target.runner),
                 binary=str(binary),
                 env=tuple(sorted(target.env.items())),
+                spec=spec,
             )
         )
+    if config.hvisor_trees:
+        out += _daemons(layout, config, queues, len(out))
     if config.peer == "qsd":
         if shutil.which("qemu-storage-daemon") is None:
             raise ValueError("--peer qsd: qemu-storage-daemon is not installed")
@@ -234,28 +337,54 @@ def contenders_for(layout: Layout, config: BenchConfig) -> list[Contender]:
     return out
 
 
+def _wait_for_world(world: str, loadgen: subprocess.Popen[str], timeout: float) -> None:
+    """Until the load generator listens (it writes the zone JSON after)."""
+    config = os.path.join(world, "zone.json")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(config):
+        if loadgen.poll() is not None:
+            raise LoadgenError(
+                f"loadgen exited {loadgen.returncode} before its world was ready: "
+                f"{(loadgen.stderr.read() if loadgen.stderr else '').strip() or '(no message)'}"
+            )
+        if time.monotonic() > deadline:
+            raise LoadgenError(f"loadgen wrote no zone JSON within {timeout:.0f}s")
+        time.sleep(0.01)
+
+
 def run_one(plan: Plan, who: Contender, job: Job, index: int) -> dict[str, Any]:
     """One fresh backend, one loadgen run; a record for results.json."""
     name = f"{who.name}-{job.name}-{index}"
     record: dict[str, Any] = {"backend": who.name, "job": job.name, "index": index, "ok": False}
-    backend = who.backend(str(plan.image), plan.out_dir / "logs", name, job, plan.config.pin)
+    hv = plan.config.transport == "hvisor"
+    world = tempfile.mkdtemp(prefix="hvb-") if hv else ""  # short: sun_path
+    backend = who.backend(str(plan.image), plan.out_dir / "logs", name, job, plan.config.pin, world)
+    loadgen: subprocess.Popen[str] | None = None
+    argv = [
+        *plan.client_prefix,
+        str(plan.loadgen),
+        *(["--hvisor", world, "--image", str(plan.image)] if hv else ["--socket", "{socket}"]),
+        *job.loadgen_args(),
+        *plan.timing.args(),
+        "--seed",
+        str(index + 1),
+    ]
     try:
-        backend.start()
+        if hv:  # the load generator is hvisor: it listens, the daemon attaches
+            loadgen = spawn(argv)
+            _wait_for_world(world, loadgen, 2 * plan.timing.timeout)
+            backend.spawn()
+        else:
+            backend.start()
+            argv = [backend.socket_path if a == "{socket}" else a for a in argv]
         pid = backend.pid
         record["backend_comm"] = Path(f"/proc/{pid}/comm").read_text().strip()
         cpu_start = proc_cpu_seconds(pid)
-        argv = [
-            *plan.client_prefix,
-            str(plan.loadgen),
-            "--socket",
-            backend.socket_path,
-            *job.loadgen_args(),
-            *plan.timing.args(),
-            "--seed",
-            str(index + 1),
-        ]
         record["loadgen_command"] = shlex.join(argv)
-        data = run_json(argv, plan.timing.wall_limit)
+        if loadgen is not None:
+            data = collect_json(loadgen, plan.timing.wall_limit)
+        else:
+            data = run_json(argv, plan.timing.wall_limit)
         if not backend.alive():
             raise BackendError(f"{who.name} died during the run; see {backend.log_path}")
         record["backend_cpu_s"] = proc_cpu_seconds(pid) - cpu_start
@@ -266,6 +395,9 @@ def run_one(plan: Plan, who: Contender, job: Job, index: int) -> dict[str, Any]:
     except (BackendError, LoadgenError, OSError) as exc:
         record["error"] = str(exc)
     finally:
+        if loadgen is not None and loadgen.poll() is None:
+            loadgen.kill()
+            loadgen.communicate()
         code = backend.stop()
         backend.cleanup()
     record["exit_code"] = code
@@ -334,18 +466,21 @@ def plan_bench(layout: Layout, config: BenchConfig, progress: Progress) -> Plan:
 def execute(plan: Plan, progress: Progress) -> None:
     """Alternate contenders run by run, job by job."""
     todo: list[tuple[Job, int, Contender]] = []
+    hv = plan.config.transport == "hvisor"
     for job in plan.jobs:
+        runnable = []
         for who in plan.contenders:
-            if who.num_queues is not None and job.queues > who.num_queues:
+            if hv and job.queues > 1:
+                note = f"the hvisor guest drives one queue; the job needs {job.queues}"
+            elif who.num_queues is not None and job.queues > who.num_queues:
                 note = f"{who.name} serves {who.num_queues} queue(s); the job needs {job.queues}"
-                plan.skipped.append({"backend": who.name, "job": job.name, "reason": note})
-                progress(f"skip  {job.name:<22} {who.name:<12} ({note})")
+            else:
+                runnable.append(who)
+                continue
+            plan.skipped.append({"backend": who.name, "job": job.name, "reason": note})
+            progress(f"skip  {job.name:<22} {who.name:<12} ({note})")
         for i in range(plan.config.runs):
-            todo += [
-                (job, i, who)
-                for who in plan.contenders
-                if who.num_queues is None or job.queues <= who.num_queues
-            ]
+            todo += [(job, i, who) for who in runnable]
     for n, (job, i, who) in enumerate(todo, 1):
         record = run_one(plan, who, job, i)
         plan.runs.append(record)

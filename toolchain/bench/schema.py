@@ -104,6 +104,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "settings": _obj(
                 {
                     "target": _STR,
+                    "transport": {"enum": ["vhost-user", "hvisor"]},
                     "runs": {"type": "integer", "minimum": 1},
                     "seconds": _NUM,
                     "warmup_s": _NUM,
@@ -123,9 +124,11 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     {
                         "name": _STR,
                         "role": _STR,
-                        "kind": {"enum": ["spec", "peer"]},
+                        "kind": {"enum": ["spec", "peer", "upstream", "daemon"]},
                         "num_queues": {"type": ["integer", "null"]},
                         "binary": _STR,
+                        "spec": _STR,
+                        "hvisor_tool_revision": _STR,
                     }
                 ),
             },
@@ -168,6 +171,28 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "comparisons": {
                 "type": "array",
                 "items": _obj({"job": _STR, "baseline": _STR, "other": _STR, "ratios": _METRICS}),
+            },
+            "seed_comparisons": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "what": _STR,
+                        "job": _STR,
+                        "baseline": _STR,
+                        "other": _STR,
+                        "ratios": {
+                            "type": "object",
+                            "additionalProperties": _obj(
+                                {
+                                    "median": _NUM,
+                                    "low": _NUM,
+                                    "high": _NUM,
+                                    "within_noise": {"type": "boolean"},
+                                }
+                            ),
+                        },
+                    }
+                ),
             },
         }
     ),
