@@ -68,7 +68,7 @@ from toolchain.guest.hostile import (
     rss_kib,
     thread_cpu_seconds,
 )
-from toolchain.guest.vhost_user import Request
+from toolchain.guest.vhost_user import FLAG_NEED_REPLY, Request
 from toolchain.guest.virtq import UsedElem
 
 from .conftest import (
@@ -794,6 +794,107 @@ def test_kick_before_the_ring_is_set_up_is_ignored_until_it_is(
         assert req.data_in() == shadow.expected(READ_SECTOR * 512, 4096)
         assert req.check_guards() == []
         q.close()
+
+
+#: Every request the runtime serves whose payload has one size (vhost-user.rst).
+FIXED_SIZE = {
+    Request.GET_FEATURES: 0,
+    Request.SET_FEATURES: 8,
+    Request.SET_OWNER: 0,
+    Request.RESET_OWNER: 0,
+    Request.SET_VRING_NUM: 8,
+    Request.SET_VRING_ADDR: 40,
+    Request.SET_VRING_BASE: 8,
+    Request.GET_VRING_BASE: 8,
+    Request.SET_VRING_KICK: 8,
+    Request.SET_VRING_CALL: 8,
+    Request.SET_VRING_ERR: 8,
+    Request.GET_PROTOCOL_FEATURES: 0,
+    Request.SET_PROTOCOL_FEATURES: 8,
+    Request.GET_QUEUE_NUM: 0,
+    Request.SET_VRING_ENABLE: 8,
+}
+#: The requests whose payload starts with a u32 queue index.
+INDEXED = (
+    Request.SET_VRING_NUM,
+    Request.SET_VRING_ADDR,
+    Request.SET_VRING_BASE,
+    Request.GET_VRING_BASE,
+    Request.SET_VRING_ENABLE,
+)
+SAME_FOR_EVERY_SPEC = "the runtime's message handling is the same for every spec: default spec"
+
+
+def assert_dropped(fe: VhostUserFrontend) -> None:
+    """The backend closed the connection: the next request gets no answer."""
+    with pytest.raises(VhostUserError):
+        fe.get_features()
+
+
+@pytest.mark.vhost_user_only("vhost-user message framing belongs to the vhost-user runtime")
+@pytest.mark.parametrize("request_", list(FIXED_SIZE), ids=lambda r: r.name)
+def test_a_request_of_the_wrong_payload_size_drops_the_frontend_which_the_next_replaces(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk, request_: Request
+) -> None:
+    """A fixed-size request four bytes too long is malformed: the frontend is dropped
+    before the payload is used, the log names the request, and the next frontend is
+    served."""
+    if dut.spec.name != "virtio-blk":
+        pytest.skip(SAME_FOR_EVERY_SPEC)
+    size = FIXED_SIZE[request_] + 4
+    with GuestMemory() as mem, VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
+        handshake(fe, mem)
+        fe.send(request_, bytes(size))
+        assert_dropped(fe)
+    assert backend.alive()
+    expected = f"{request_.name}: payload size {size}, expected {FIXED_SIZE[request_]}"
+    assert expected in backend.log_text()
+    assert_next_frontend_served(dut, backend, shadow)
+
+
+@pytest.mark.vhost_user_only("vhost-user message framing belongs to the vhost-user runtime")
+@pytest.mark.parametrize("request_", INDEXED, ids=lambda r: r.name)
+def test_a_queue_index_past_the_last_queue_drops_the_frontend(
+    dut: DeviceUnderTest, backend: Backend, shadow: ShadowDisk, request_: Request
+) -> None:
+    """Index = the number of queues, in an otherwise well-formed message: dropped."""
+    if dut.spec.name != "virtio-blk":
+        pytest.skip(SAME_FOR_EVERY_SPEC)
+    queues = int(dut.manifest["num_queues"])
+    payload = queues.to_bytes(4, "little") + bytes(FIXED_SIZE[request_] - 4)
+    with GuestMemory() as mem, VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
+        handshake(fe, mem)
+        fe.send(request_, payload)
+        assert_dropped(fe)
+    assert backend.alive()
+    assert f"{request_.name}: queue index {queues} out of range" in backend.log_text()
+    assert_next_frontend_served(dut, backend, shadow)
+
+
+@pytest.mark.vhost_user_only("vhost-user requests belong to the vhost-user runtime")
+@pytest.mark.parametrize(
+    ("request_", "logged"),
+    [
+        (Request.SET_LOG_BASE, "unsupported request 6"),  # not served at all
+        (Request.SET_CONFIG, "SET_CONFIG refused"),  # served, always refused
+    ],
+    ids=["unserved", "refused"],
+)
+def test_a_refused_request_is_nacked_and_the_connection_kept(
+    dut: DeviceUnderTest, backend: Backend, request_: Request, logged: str
+) -> None:
+    """With REPLY_ACK, a request the backend will not do gets a non-zero ack and the
+    frontend stays connected (vhost-user.rst: REPLY_ACK)."""
+    if dut.spec.name != "virtio-blk":
+        pytest.skip(SAME_FOR_EVERY_SPEC)
+    with GuestMemory() as mem, VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
+        handshake(fe, mem)
+        assert fe.reply_ack, "the runtime offers REPLY_ACK"
+        fe.send(request_, bytes(16), flags=1 | FLAG_NEED_REPLY)
+        _, _, ack = fe.recv_reply(request_)
+        assert int.from_bytes(ack, "little") != 0
+        assert fe.get_features()  # still connected
+    assert logged in backend.log_text()
 
 
 @pytest.mark.vhost_user_only("a vhost-user message's deadline belongs to the vhost-user runtime")
