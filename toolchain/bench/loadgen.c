@@ -1160,8 +1160,8 @@ static void setup_clients(struct device *d, struct guest *g,
                        VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
         return;
     }
-    struct vu_region region = {GUEST_BASE, g->size,
-                               (uint64_t)(uintptr_t)g->base, 0, g->fd};
+    struct vu_client_region region = {GUEST_BASE, g->size,
+                                      (uint64_t)(uintptr_t)g->base, 0, g->fd};
     vu_check(&d->conn, vu_set_mem_table(&d->conn, &region, 1), "SET_MEM_TABLE");
     for (unsigned i = 0; i < o->queues; i++)
         setup_queue(d, &clients[i].q);

@@ -11,17 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define VU_VERSION 0x1u
-#define VU_FLAG_REPLY (1u << 2)
-#define VU_FLAG_NEED_REPLY (1u << 3)
-#define VU_MAX_REGIONS 8u
-
-struct vu_header {
-    uint32_t request;
-    uint32_t flags;
-    uint32_t size;
-};
-
 __attribute__((format(printf, 2, 3))) static int fail(struct vu_conn *c,
                                                       const char *fmt, ...) {
     va_list ap;
@@ -183,12 +172,12 @@ int vu_set_protocol_features(struct vu_conn *c, uint64_t features) {
     return 0;
 }
 
-int vu_set_mem_table(struct vu_conn *c, const struct vu_region *regions,
+int vu_set_mem_table(struct vu_conn *c, const struct vu_client_region *regions,
                      unsigned count) {
     struct {
         uint32_t nregions;
         uint32_t padding;
-        uint64_t r[VU_MAX_REGIONS][4];
+        struct vu_region r[VU_MAX_REGIONS];
     } msg;
     int fds[VU_MAX_REGIONS];
     if (count == 0 || count > VU_MAX_REGIONS)
@@ -196,34 +185,30 @@ int vu_set_mem_table(struct vu_conn *c, const struct vu_region *regions,
     memset(&msg, 0, sizeof(msg));
     msg.nregions = count;
     for (unsigned i = 0; i < count; i++) {
-        msg.r[i][0] = regions[i].guest_phys_addr;
-        msg.r[i][1] = regions[i].size;
-        msg.r[i][2] = regions[i].user_addr;
-        msg.r[i][3] = regions[i].mmap_offset;
+        msg.r[i] =
+            (struct vu_region){regions[i].guest_phys_addr, regions[i].size,
+                               regions[i].user_addr, regions[i].mmap_offset};
         fds[i] = regions[i].fd;
     }
-    return set_request(c, VU_SET_MEM_TABLE, &msg, 8 + 32 * count, fds, count);
+    return set_request(c, VU_SET_MEM_TABLE, &msg,
+                       8 + sizeof(struct vu_region) * count, fds, count);
 }
 
 int vu_set_vring_state(struct vu_conn *c, enum vu_request req, unsigned index,
                        unsigned num) {
-    uint32_t state[2] = {index, num};
-    return set_request(c, req, state, sizeof(state), NULL, 0);
+    struct vu_vring_state state = {index, num};
+    return set_request(c, req, &state, sizeof(state), NULL, 0);
 }
 
 int vu_set_vring_addr(struct vu_conn *c, unsigned index, uint64_t desc,
                       uint64_t used, uint64_t avail) {
-    struct {
-        uint32_t index;
-        uint32_t flags;
-        uint64_t desc, used, avail, log;
-    } addr = {index, 0, desc, used, avail, 0};
+    struct vu_vring_addr addr = {index, 0, desc, used, avail, 0};
     return set_request(c, VU_SET_VRING_ADDR, &addr, sizeof(addr), NULL, 0);
 }
 
 int vu_set_vring_fd(struct vu_conn *c, enum vu_request req, unsigned index,
                     int fd) {
-    uint64_t value = index & 0xffu;
+    uint64_t value = index & VU_VRING_INDEX_MASK;
     return set_request(c, req, &value, sizeof(value), &fd, 1);
 }
 
@@ -238,9 +223,10 @@ int vu_get_config(struct vu_conn *c, uint32_t offset, void *buf,
     memset(&cfg, 0, sizeof(cfg));
     cfg.offset = offset;
     cfg.size = size;
-    if (send_msg(c, VU_GET_CONFIG, 0, &cfg, 12 + size, NULL, 0) < 0)
+    if (send_msg(c, VU_GET_CONFIG, 0, &cfg, VU_CONFIG_HDR_SIZE + size, NULL,
+                 0) < 0)
         return -1;
-    if (recv_reply(c, VU_GET_CONFIG, &cfg, 12 + size) < 0)
+    if (recv_reply(c, VU_GET_CONFIG, &cfg, VU_CONFIG_HDR_SIZE + size) < 0)
         return -1;
     if (cfg.offset != offset || cfg.size != size)
         return fail(c, "GET_CONFIG: reply for %u+%u", cfg.offset, cfg.size);

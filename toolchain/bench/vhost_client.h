@@ -7,33 +7,14 @@
 #ifndef LOADGEN_VHOST_CLIENT_H
 #define LOADGEN_VHOST_CLIENT_H
 
+#include "vhost_user_proto.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-enum vu_request {
-    VU_GET_FEATURES = 1,
-    VU_SET_FEATURES = 2,
-    VU_SET_OWNER = 3,
-    VU_SET_MEM_TABLE = 5,
-    VU_SET_VRING_NUM = 8,
-    VU_SET_VRING_ADDR = 9,
-    VU_SET_VRING_BASE = 10,
-    VU_SET_VRING_KICK = 12,
-    VU_SET_VRING_CALL = 13,
-    VU_GET_PROTOCOL_FEATURES = 15,
-    VU_SET_PROTOCOL_FEATURES = 16,
-    VU_GET_QUEUE_NUM = 17,
-    VU_SET_VRING_ENABLE = 18,
-    VU_GET_CONFIG = 24,
-};
-
-#define VU_F_PROTOCOL_FEATURES 30
-#define VU_PROTOCOL_F_MQ 0
-#define VU_PROTOCOL_F_REPLY_ACK 3
-#define VU_PROTOCOL_F_CONFIG 9
-
-struct vu_region {
+/* A region of guest RAM to share, and the fd it lives in. */
+struct vu_client_region {
     uint64_t guest_phys_addr;
     uint64_t size;
     uint64_t user_addr;
@@ -56,7 +37,7 @@ int vu_get_u64(struct vu_conn *c, enum vu_request req, uint64_t *out);
 int vu_set_u64(struct vu_conn *c, enum vu_request req, uint64_t value);
 int vu_set_owner(struct vu_conn *c);
 int vu_set_protocol_features(struct vu_conn *c, uint64_t features);
-int vu_set_mem_table(struct vu_conn *c, const struct vu_region *regions,
+int vu_set_mem_table(struct vu_conn *c, const struct vu_client_region *regions,
                      unsigned count);
 int vu_set_vring_state(struct vu_conn *c, enum vu_request req, unsigned index,
                        unsigned num);

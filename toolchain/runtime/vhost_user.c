@@ -22,6 +22,7 @@
 #include "log.h"
 #include "rt_clock.h"
 #include "runtime.h"
+#include "vhost_user_proto.h"
 #include "virtio.h"
 
 #include <errno.h>
@@ -49,76 +50,17 @@ extern const struct virtio_config_ops virtio_blk_config_ops;
 
 /* ---- wire format ------------------------------------------------------ */
 
-enum vu_request {
-    VU_GET_FEATURES = 1,
-    VU_SET_FEATURES = 2,
-    VU_SET_OWNER = 3,
-    VU_RESET_OWNER = 4,
-    VU_SET_MEM_TABLE = 5,
-    VU_SET_VRING_NUM = 8,
-    VU_SET_VRING_ADDR = 9,
-    VU_SET_VRING_BASE = 10,
-    VU_GET_VRING_BASE = 11,
-    VU_SET_VRING_KICK = 12,
-    VU_SET_VRING_CALL = 13,
-    VU_SET_VRING_ERR = 14,
-    VU_GET_PROTOCOL_FEATURES = 15,
-    VU_SET_PROTOCOL_FEATURES = 16,
-    VU_GET_QUEUE_NUM = 17,
-    VU_SET_VRING_ENABLE = 18,
-    VU_GET_CONFIG = 24,
-    VU_SET_CONFIG = 25,
-};
-
-#define VU_VERSION 0x1u
-#define VU_FLAG_VERSION_MASK 0x3u
-#define VU_FLAG_REPLY (1u << 2)
-#define VU_FLAG_NEED_REPLY (1u << 3)
-
-#define VU_F_PROTOCOL_FEATURES 30
-#define VU_PROTO_F_MQ 0
-#define VU_PROTO_F_REPLY_ACK 3
-#define VU_PROTO_F_CONFIG 9
 #define VU_OFFERED_PROTOCOL_FEATURES                                           \
-    (uint64_t)((1ull << VU_PROTO_F_MQ) | (1ull << VU_PROTO_F_REPLY_ACK) |      \
-               (1ull << VU_PROTO_F_CONFIG))
+    (uint64_t)((1ull << VU_PROTOCOL_F_MQ) |                                    \
+               (1ull << VU_PROTOCOL_F_REPLY_ACK) |                             \
+               (1ull << VU_PROTOCOL_F_CONFIG))
 
 #define VU_MAX_FDS 8
 #define VU_SCM_MAX_FD 253 /* Linux SCM_MAX_FD */
-#define VU_MAX_REGIONS 8
 #define VU_MAX_CONFIG_SIZE 256
-#define VU_VRING_INDEX_MASK 0xffull
-#define VU_VRING_NOFD (1ull << 8)
 
 /* Seconds a frontend may take to finish a message it has started. */
 #define VU_IO_TIMEOUT_SEC 5
-
-struct vu_header {
-    uint32_t request;
-    uint32_t flags;
-    uint32_t size;
-};
-
-struct vu_vring_state {
-    uint32_t index;
-    uint32_t num;
-};
-
-struct vu_vring_addr {
-    uint32_t index;
-    uint32_t flags;
-    uint64_t desc_user_addr;
-    uint64_t used_user_addr;
-    uint64_t avail_user_addr;
-    uint64_t log_guest_addr;
-};
-
-struct vu_region {
-    uint64_t guest_phys_addr;
-    uint64_t memory_size;
-    uint64_t userspace_addr;
-    uint64_t mmap_offset;
-};
 
 struct vu_memory {
     uint32_t nregions;
@@ -132,8 +74,6 @@ struct vu_config {
     uint32_t flags;
     uint8_t region[VU_MAX_CONFIG_SIZE];
 };
-
-#define VU_CONFIG_HDR_SIZE 12u
 
 union vu_payload {
     uint64_t u64;
@@ -708,8 +648,6 @@ static int h_set_features(struct vu_msg *m) {
     uint64_t f;
     unsigned i;
 
-    if (!size_is(m, 8, "SET_FEATURES"))
-        return RC_PROTO;
     f = m->payload.u64;
     if (f & ~offered_features()) {
         log_error("SET_FEATURES: bits 0x%" PRIx64 " were never offered",
@@ -828,9 +766,6 @@ static int h_set_vring_num(struct vu_msg *m) {
     const struct vu_vring_state *st = &m->payload.state;
     VirtQueue *vq;
 
-    if (!size_is(m, 8, "SET_VRING_NUM") ||
-        !index_ok(st->index, "SET_VRING_NUM"))
-        return RC_PROTO;
     vq = &g_vdev->vqs[st->index];
     if (st->num == 0 || st->num > vq->queue_num_max ||
         (st->num & (st->num - 1)) != 0) {
@@ -851,9 +786,6 @@ static int h_set_vring_addr(struct vu_msg *m) {
     const struct vu_vring_addr *a = &m->payload.addr;
     struct vq_state *s;
 
-    if (!size_is(m, sizeof(*a), "SET_VRING_ADDR") ||
-        !index_ok(a->index, "SET_VRING_ADDR"))
-        return RC_PROTO;
     s = &g_vq[a->index];
     quiesce_if_running();
     s->desc_uaddr = a->desc_user_addr;
@@ -872,9 +804,6 @@ static int h_set_vring_base(struct vu_msg *m) {
     const struct vu_vring_state *st = &m->payload.state;
     VirtQueue *vq;
 
-    if (!size_is(m, 8, "SET_VRING_BASE") ||
-        !index_ok(st->index, "SET_VRING_BASE"))
-        return RC_PROTO;
     if (st->num > 0xffff) {
         log_error("SET_VRING_BASE: index %u does not fit a split ring",
                   st->num);
@@ -893,9 +822,6 @@ static int h_get_vring_base(struct vu_msg *m) {
     VirtQueue *vq;
     struct vq_state *s;
 
-    if (!size_is(m, 8, "GET_VRING_BASE") ||
-        !index_ok(st.index, "GET_VRING_BASE"))
-        return RC_PROTO;
     vq = &g_vdev->vqs[st.index];
     s = &g_vq[st.index];
 
@@ -917,11 +843,8 @@ static int h_get_vring_base(struct vu_msg *m) {
 /* Parses the u64 payload of SET_VRING_KICK/CALL/ERR. */
 static int vring_fd_arg(struct vu_msg *m, const char *what, unsigned *idx,
                         int *fd) {
-    uint64_t v;
+    uint64_t v = m->payload.u64;
 
-    if (!size_is(m, 8, what))
-        return RC_PROTO;
-    v = m->payload.u64;
     if (v & ~(VU_VRING_INDEX_MASK | VU_VRING_NOFD)) {
         log_error("%s: reserved bits set in 0x%" PRIx64, what, v);
         return RC_PROTO;
@@ -1022,8 +945,6 @@ static int h_set_vring_err(struct vu_msg *m) {
 }
 
 static int h_set_protocol_features(struct vu_msg *m) {
-    if (!size_is(m, 8, "SET_PROTOCOL_FEATURES"))
-        return RC_PROTO;
     if (m->payload.u64 & ~VU_OFFERED_PROTOCOL_FEATURES) {
         log_error("SET_PROTOCOL_FEATURES: bits 0x%" PRIx64
                   " were never offered",
@@ -1037,9 +958,6 @@ static int h_set_protocol_features(struct vu_msg *m) {
 static int h_set_vring_enable(struct vu_msg *m) {
     const struct vu_vring_state *st = &m->payload.state;
 
-    if (!size_is(m, 8, "SET_VRING_ENABLE") ||
-        !index_ok(st->index, "SET_VRING_ENABLE"))
-        return RC_PROTO;
     if (st->num > 1) {
         log_error("SET_VRING_ENABLE: bad value %u", st->num);
         return RC_PROTO;
@@ -1080,101 +998,99 @@ static int h_get_config(struct vu_msg *m) {
     return RC_REPLIED;
 }
 
+static int h_get_features(struct vu_msg *m) {
+    return reply_u64(m->hdr.request, offered_features());
+}
+
+static int h_set_owner(struct vu_msg *m) {
+    (void)m;
+    return RC_OK;
+}
+
+static int h_reset_owner(struct vu_msg *m) {
+    (void)m;
+    reset_device_state();
+    return RC_OK;
+}
+
+static int h_get_protocol_features(struct vu_msg *m) {
+    return reply_u64(m->hdr.request, VU_OFFERED_PROTOCOL_FEATURES);
+}
+
+static int h_get_queue_num(struct vu_msg *m) {
+    return reply_u64(m->hdr.request, g_vdev->vqs_len);
+}
+
+static int h_set_config(struct vu_msg *m) {
+    (void)m;
+    log_warn("SET_CONFIG refused: the config space is read-only");
+    return RC_FAIL;
+}
+
+/* ---- the request table -------------------------------------------------- */
+
+/* Payload sizes the handler checks itself (variable-length requests). */
+#define VU_SIZE_VARIES UINT32_MAX
+
+struct vu_request_info {
+    const char *name;
+    uint32_t size; /* the exact payload size, or VU_SIZE_VARIES */
+    bool indexed;  /* the payload starts with a u32 queue index */
+    int (*handler)(struct vu_msg *m);
+};
+
+/* Every request served: dispatch() checks the size and the queue index
+ * before the handler runs, and logs with the name. */
+static const struct vu_request_info vu_requests[VU_REQUEST_END] = {
+    [VU_GET_FEATURES] = {"GET_FEATURES", 0, false, h_get_features},
+    [VU_SET_FEATURES] = {"SET_FEATURES", 8, false, h_set_features},
+    [VU_SET_OWNER] = {"SET_OWNER", 0, false, h_set_owner},
+    [VU_RESET_OWNER] = {"RESET_OWNER", 0, false, h_reset_owner},
+    [VU_SET_MEM_TABLE] = {"SET_MEM_TABLE", VU_SIZE_VARIES, false,
+                          h_set_mem_table},
+    [VU_SET_VRING_NUM] = {"SET_VRING_NUM", 8, true, h_set_vring_num},
+    [VU_SET_VRING_ADDR] = {"SET_VRING_ADDR", sizeof(struct vu_vring_addr), true,
+                           h_set_vring_addr},
+    [VU_SET_VRING_BASE] = {"SET_VRING_BASE", 8, true, h_set_vring_base},
+    [VU_GET_VRING_BASE] = {"GET_VRING_BASE", 8, true, h_get_vring_base},
+    [VU_SET_VRING_KICK] = {"SET_VRING_KICK", 8, false, h_set_vring_kick},
+    [VU_SET_VRING_CALL] = {"SET_VRING_CALL", 8, false, h_set_vring_call},
+    [VU_SET_VRING_ERR] = {"SET_VRING_ERR", 8, false, h_set_vring_err},
+    [VU_GET_PROTOCOL_FEATURES] = {"GET_PROTOCOL_FEATURES", 0, false,
+                                  h_get_protocol_features},
+    [VU_SET_PROTOCOL_FEATURES] = {"SET_PROTOCOL_FEATURES", 8, false,
+                                  h_set_protocol_features},
+    [VU_GET_QUEUE_NUM] = {"GET_QUEUE_NUM", 0, false, h_get_queue_num},
+    [VU_SET_VRING_ENABLE] = {"SET_VRING_ENABLE", 8, true, h_set_vring_enable},
+    [VU_GET_CONFIG] = {"GET_CONFIG", VU_SIZE_VARIES, false, h_get_config},
+    [VU_SET_CONFIG] = {"SET_CONFIG", VU_SIZE_VARIES, false, h_set_config},
+};
+
+/* The request's entry, or NULL for one this backend does not serve. */
+static const struct vu_request_info *request_info(uint32_t r) {
+    if (r >= VU_REQUEST_END || vu_requests[r].handler == NULL)
+        return NULL;
+    return &vu_requests[r];
+}
+
 static const char *request_name(uint32_t r) {
-    switch (r) {
-    case VU_GET_FEATURES:
-        return "GET_FEATURES";
-    case VU_SET_FEATURES:
-        return "SET_FEATURES";
-    case VU_SET_OWNER:
-        return "SET_OWNER";
-    case VU_RESET_OWNER:
-        return "RESET_OWNER";
-    case VU_SET_MEM_TABLE:
-        return "SET_MEM_TABLE";
-    case VU_SET_VRING_NUM:
-        return "SET_VRING_NUM";
-    case VU_SET_VRING_ADDR:
-        return "SET_VRING_ADDR";
-    case VU_SET_VRING_BASE:
-        return "SET_VRING_BASE";
-    case VU_GET_VRING_BASE:
-        return "GET_VRING_BASE";
-    case VU_SET_VRING_KICK:
-        return "SET_VRING_KICK";
-    case VU_SET_VRING_CALL:
-        return "SET_VRING_CALL";
-    case VU_SET_VRING_ERR:
-        return "SET_VRING_ERR";
-    case VU_GET_PROTOCOL_FEATURES:
-        return "GET_PROTOCOL_FEATURES";
-    case VU_SET_PROTOCOL_FEATURES:
-        return "SET_PROTOCOL_FEATURES";
-    case VU_GET_QUEUE_NUM:
-        return "GET_QUEUE_NUM";
-    case VU_SET_VRING_ENABLE:
-        return "SET_VRING_ENABLE";
-    case VU_GET_CONFIG:
-        return "GET_CONFIG";
-    case VU_SET_CONFIG:
-        return "SET_CONFIG";
-    default:
-        return "unknown";
-    }
+    const struct vu_request_info *info = request_info(r);
+
+    return info ? info->name : "unknown";
 }
 
 static int dispatch(struct vu_msg *m) {
-    switch (m->hdr.request) {
-    case VU_GET_FEATURES:
-        if (!size_is(m, 0, "GET_FEATURES"))
-            return RC_PROTO;
-        return reply_u64(m->hdr.request, offered_features());
-    case VU_SET_FEATURES:
-        return h_set_features(m);
-    case VU_SET_OWNER:
-        return size_is(m, 0, "SET_OWNER") ? RC_OK : RC_PROTO;
-    case VU_RESET_OWNER:
-        if (!size_is(m, 0, "RESET_OWNER"))
-            return RC_PROTO;
-        reset_device_state();
-        return RC_OK;
-    case VU_SET_MEM_TABLE:
-        return h_set_mem_table(m);
-    case VU_SET_VRING_NUM:
-        return h_set_vring_num(m);
-    case VU_SET_VRING_ADDR:
-        return h_set_vring_addr(m);
-    case VU_SET_VRING_BASE:
-        return h_set_vring_base(m);
-    case VU_GET_VRING_BASE:
-        return h_get_vring_base(m);
-    case VU_SET_VRING_KICK:
-        return h_set_vring_kick(m);
-    case VU_SET_VRING_CALL:
-        return h_set_vring_call(m);
-    case VU_SET_VRING_ERR:
-        return h_set_vring_err(m);
-    case VU_GET_PROTOCOL_FEATURES:
-        if (!size_is(m, 0, "GET_PROTOCOL_FEATURES"))
-            return RC_PROTO;
-        return reply_u64(m->hdr.request, VU_OFFERED_PROTOCOL_FEATURES);
-    case VU_SET_PROTOCOL_FEATURES:
-        return h_set_protocol_features(m);
-    case VU_GET_QUEUE_NUM:
-        if (!size_is(m, 0, "GET_QUEUE_NUM"))
-            return RC_PROTO;
-        return reply_u64(m->hdr.request, g_vdev->vqs_len);
-    case VU_SET_VRING_ENABLE:
-        return h_set_vring_enable(m);
-    case VU_GET_CONFIG:
-        return h_get_config(m);
-    case VU_SET_CONFIG:
-        log_warn("SET_CONFIG refused: the config space is read-only");
-        return RC_FAIL;
-    default:
+    const struct vu_request_info *info = request_info(m->hdr.request);
+
+    if (info == NULL) {
         log_warn("unsupported request %u", m->hdr.request);
         return RC_FAIL;
     }
+    if (info->size != VU_SIZE_VARIES && !size_is(m, info->size, info->name))
+        return RC_PROTO;
+    if (info->indexed && !index_ok(m->payload.state.index, info->name))
+        return RC_PROTO;
+    return info->handler(m);
 }
 
 /* Returns false when the connection must be dropped. */
@@ -1202,7 +1118,7 @@ static bool handle_connection(void) {
     if (rc == RC_FAIL)
         log_debug("%s failed", request_name(m.hdr.request));
     if (rc != RC_REPLIED && (m.hdr.flags & VU_FLAG_NEED_REPLY) &&
-        (g_protocol_features & (1ull << VU_PROTO_F_REPLY_ACK))) {
+        (g_protocol_features & (1ull << VU_PROTOCOL_F_REPLY_ACK))) {
         if (reply_u64(m.hdr.request, rc == RC_OK ? 0 : 1) == RC_PROTO)
             return false;
     }
