@@ -128,20 +128,31 @@ struct vq_state {
 
 enum ep_kind { EP_LISTEN = 1, EP_CONN, EP_SIGNAL, EP_KICK, EP_NEEDS_RESET };
 
-static VirtIODevice *g_vdev;
-static const struct virtio_device_ops *g_ops = &virtio_blk_ops;
-static struct mem_table g_mem;
-static struct vq_state g_vq[VIRTIO_MAX_VQUEUES];
-static uint64_t g_protocol_features;
-static bool g_protocol_acked; /* VHOST_USER_F_PROTOCOL_FEATURES negotiated */
-static bool g_device_running; /* a notify handler ran since the last reset */
-static int g_epfd = -1;
-static int g_listen_fd = -1;
-static int g_conn_fd = -1;
-static int g_signal_fd = -1;
-/* Written by any device thread (virtio_dev_needs_reset), read and drained by
- * the main thread; the fd itself is set before the device exists. */
-static int g_needs_reset_fd = -1;
+/* The server: one device, one frontend at a time.  Only the main thread
+ * writes it, but for needs_reset_fd, which device threads write to. */
+static struct vu_server {
+    VirtIODevice *vdev;
+    const struct virtio_device_ops *ops;
+    struct mem_table mem;
+    struct vq_state vq[VIRTIO_MAX_VQUEUES];
+    uint64_t protocol_features;
+    bool protocol_acked; /* VHOST_USER_F_PROTOCOL_FEATURES negotiated */
+    bool device_running; /* a notify handler ran since the last reset */
+    int epfd;
+    int listen_fd;
+    int conn_fd; /* the frontend; -1 between frontends */
+    int signal_fd;
+    /* Written by any device thread (virtio_dev_needs_reset), read and
+     * drained by the main thread; set before the device exists. */
+    int needs_reset_fd;
+} g_srv = {
+    .ops = &virtio_blk_ops,
+    .epfd = -1,
+    .listen_fd = -1,
+    .conn_fd = -1,
+    .signal_fd = -1,
+    .needs_reset_fd = -1,
+};
 
 static uint64_t ep_tag(enum ep_kind kind, uint32_t idx) {
     return ((uint64_t)kind << 32) | idx;
@@ -153,12 +164,12 @@ static int ep_add(int fd, enum ep_kind kind, uint32_t idx) {
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
     ev.data.u64 = ep_tag(kind, idx);
-    return epoll_ctl(g_epfd, EPOLL_CTL_ADD, fd, &ev);
+    return epoll_ctl(g_srv.epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
 static void ep_del(int fd) {
     if (fd >= 0)
-        epoll_ctl(g_epfd, EPOLL_CTL_DEL, fd, NULL);
+        epoll_ctl(g_srv.epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
 static void close_fd(int *fd) {
@@ -174,8 +185,8 @@ void *vu_gpa_to_hva(uint64_t gpa, int zone_id) {
     unsigned i;
 
     (void)zone_id; /* one guest per vhost-user connection */
-    for (i = 0; i < g_mem.n; i++) {
-        const struct mem_region *r = &g_mem.r[i];
+    for (i = 0; i < g_srv.mem.n; i++) {
+        const struct mem_region *r = &g_srv.mem.r[i];
 
         if (gpa >= r->gpa && gpa - r->gpa < r->size)
             return r->hva + (gpa - r->gpa);
@@ -187,8 +198,8 @@ void *vu_gpa_to_hva(uint64_t gpa, int zone_id) {
 static char *uaddr_to_hva(uint64_t uaddr, uint64_t len, uint64_t *gpa) {
     unsigned i;
 
-    for (i = 0; i < g_mem.n; i++) {
-        const struct mem_region *r = &g_mem.r[i];
+    for (i = 0; i < g_srv.mem.n; i++) {
+        const struct mem_region *r = &g_srv.mem.r[i];
         uint64_t off;
 
         if (uaddr < r->uaddr)
@@ -218,24 +229,24 @@ static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
 /* ---- queue bookkeeping ------------------------------------------------- */
 
 static void quiesce_device(void) {
-    if (g_ops->reset != NULL)
-        g_ops->reset(g_vdev);
-    g_device_running = false;
+    if (g_srv.ops->reset != NULL)
+        g_srv.ops->reset(g_srv.vdev);
+    g_srv.device_running = false;
 }
 
 /* Quiesces only if a notify handler may have set the device going. */
 static void quiesce_if_running(void) {
-    if (g_device_running)
+    if (g_srv.device_running)
         quiesce_device();
 }
 
 static bool vq_runnable(unsigned i) {
-    const VirtQueue *vq = &g_vdev->vqs[i];
-    const struct vq_state *s = &g_vq[i];
+    const VirtQueue *vq = &g_srv.vdev->vqs[i];
+    const struct vq_state *s = &g_srv.vq[i];
 
     if (s->kick_fd < 0)
         return false;
-    if (g_protocol_acked && !s->enabled)
+    if (g_srv.protocol_acked && !s->enabled)
         return false;
     return vq->num != 0 && vq->desc_table != NULL && vq->avail_ring != NULL &&
            vq->used_ring != NULL;
@@ -246,8 +257,8 @@ static void call_notify(VirtQueue *vq) {
 
     if (vq->notify_handler == NULL)
         return;
-    g_device_running = true;
-    rc = vq->notify_handler(g_vdev, vq);
+    g_srv.device_running = true;
+    rc = vq->notify_handler(g_srv.vdev, vq);
     if (rc != 0)
         log_debug("notify handler of queue %u returned %d",
                   (unsigned)vq->vq_idx, rc);
@@ -259,11 +270,11 @@ static void call_notify(VirtQueue *vq) {
  * device resumes (a spurious notify is always harmless in virtio).
  */
 static void refresh_queues(void) {
-    bool resume = !g_device_running;
+    bool resume = !g_srv.device_running;
     unsigned i;
 
-    for (i = 0; i < g_vdev->vqs_len; i++) {
-        VirtQueue *vq = &g_vdev->vqs[i];
+    for (i = 0; i < g_srv.vdev->vqs_len; i++) {
+        VirtQueue *vq = &g_srv.vdev->vqs[i];
         bool was = vq->ready != 0;
         bool now = vq_runnable(i);
 
@@ -285,8 +296,8 @@ static void clear_ring(VirtQueue *vq) {
 
 /* Validates and maps the three ring areas of queue i.  Device quiescent. */
 static bool translate_rings(unsigned i) {
-    VirtQueue *vq = &g_vdev->vqs[i];
-    struct vq_state *s = &g_vq[i];
+    VirtQueue *vq = &g_srv.vdev->vqs[i];
+    struct vq_state *s = &g_srv.vq[i];
     uint64_t num = vq->num;
     uint64_t dgpa = 0, agpa = 0, ugpa = 0;
     char *d, *a, *u;
@@ -339,7 +350,7 @@ static void release_vq_fds(struct vq_state *s) {
 static void drain_needs_reset(void) {
     uint64_t n;
 
-    while (read(g_needs_reset_fd, &n, sizeof(n)) < 0 && errno == EINTR)
+    while (read(g_srv.needs_reset_fd, &n, sizeof(n)) < 0 && errno == EINTR)
         ;
 }
 
@@ -352,21 +363,21 @@ static void reset_device_state(void) {
      * this point is answered by it, and none can arrive until the next
      * notify. */
     drain_needs_reset();
-    g_vdev->regs.status = 0;
-    g_vdev->regs.interrupt_status = 0;
-    g_vdev->regs.drv_feature = 0;
-    g_vdev->activated = false;
-    for (i = 0; i < g_vdev->vqs_len; i++) {
-        rt_wipe_queue(&g_vdev->vqs[i]);
-        release_vq_fds(&g_vq[i]);
-        g_vq[i].enabled = false;
-        g_vq[i].addr_set = false;
+    g_srv.vdev->regs.status = 0;
+    g_srv.vdev->regs.interrupt_status = 0;
+    g_srv.vdev->regs.drv_feature = 0;
+    g_srv.vdev->activated = false;
+    for (i = 0; i < g_srv.vdev->vqs_len; i++) {
+        rt_wipe_queue(&g_srv.vdev->vqs[i]);
+        release_vq_fds(&g_srv.vq[i]);
+        g_srv.vq[i].enabled = false;
+        g_srv.vq[i].addr_set = false;
     }
-    unmap_table(&g_mem);
-    g_protocol_features = 0;
-    g_protocol_acked = false;
-    if (g_vdev->status_changed != NULL)
-        g_vdev->status_changed(g_vdev, 0);
+    unmap_table(&g_srv.mem);
+    g_srv.protocol_features = 0;
+    g_srv.protocol_acked = false;
+    if (g_srv.vdev->status_changed != NULL)
+        g_srv.vdev->status_changed(g_srv.vdev, 0);
 }
 
 void vu_signal_call(VirtQueue *vq) {
@@ -374,9 +385,10 @@ void vu_signal_call(VirtQueue *vq) {
     struct vq_state *s;
     int fd;
 
-    if (g_vdev == NULL || vq->dev != g_vdev || vq->vq_idx >= g_vdev->vqs_len)
+    if (g_srv.vdev == NULL || vq->dev != g_srv.vdev ||
+        vq->vq_idx >= g_srv.vdev->vqs_len)
         return;
-    s = &g_vq[vq->vq_idx];
+    s = &g_srv.vq[vq->vq_idx];
     if (!__atomic_load_n(&s->call_active, __ATOMIC_ACQUIRE))
         return;
     fd = __atomic_load_n(&s->call_fd, __ATOMIC_ACQUIRE);
@@ -398,10 +410,10 @@ void vu_signal_call(VirtQueue *vq) {
 void vu_needs_reset(VirtIODevice *vdev) {
     const uint64_t one = 1;
 
-    if (vdev == NULL || vdev != g_vdev)
+    if (vdev == NULL || vdev != g_srv.vdev)
         return;
     /* EAGAIN: the counter is saturated, the main loop is woken anyway. */
-    if (write(g_needs_reset_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+    if (write(g_srv.needs_reset_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
         log_error("cannot wake the main loop for a device reset: %s",
                   strerror(errno));
 }
@@ -429,9 +441,9 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
     unsigned i;
 
     (void)uctx;
-    for (i = 0; i < g_mem.n && i < VU_MAX_REGIONS; i++) {
-        char *base = g_mem.r[i].map_base;
-        const size_t len = g_mem.r[i].map_len;
+    for (i = 0; i < g_srv.mem.n && i < VU_MAX_REGIONS; i++) {
+        char *base = g_srv.mem.r[i].map_base;
+        const size_t len = g_srv.mem.r[i].map_len;
         char *page;
 
         if (base == NULL || addr < base || addr >= base + len)
@@ -441,7 +453,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
             break;
         if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0 ||
-            write(g_needs_reset_fd, &one, sizeof(one)) < 0) {
+            write(g_srv.needs_reset_fd, &one, sizeof(one)) < 0) {
             /* nothing more a handler can do */
         }
         return;
@@ -603,7 +615,7 @@ static int send_reply(uint32_t request, const void *payload, uint32_t size) {
     mh.msg_iov = iov;
     mh.msg_iovlen = size ? 2 : 1;
     do {
-        n = sendmsg(g_conn_fd, &mh, MSG_NOSIGNAL);
+        n = sendmsg(g_srv.conn_fd, &mh, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     if (n < 0 || (size_t)n != total) {
         log_error("request %u: sending the reply failed", request);
@@ -634,14 +646,14 @@ static bool fds_are(const struct vu_msg *m, unsigned n, const char *what) {
 }
 
 static bool index_ok(uint64_t idx, const char *what) {
-    if (idx < g_vdev->vqs_len)
+    if (idx < g_srv.vdev->vqs_len)
         return true;
     log_error("%s: queue index %" PRIu64 " out of range", what, idx);
     return false;
 }
 
 static uint64_t offered_features(void) {
-    return g_vdev->regs.dev_feature | (1ull << VU_F_PROTOCOL_FEATURES);
+    return g_srv.vdev->regs.dev_feature | (1ull << VU_F_PROTOCOL_FEATURES);
 }
 
 static int h_set_features(struct vu_msg *m) {
@@ -655,10 +667,11 @@ static int h_set_features(struct vu_msg *m) {
         return RC_PROTO;
     }
     quiesce_if_running();
-    g_protocol_acked = (f >> VU_F_PROTOCOL_FEATURES) & 1;
-    g_vdev->regs.drv_feature = f & ~(1ull << VU_F_PROTOCOL_FEATURES);
-    for (i = 0; i < g_vdev->vqs_len; i++)
-        g_vdev->vqs[i].event_idx_enabled = (f >> VIRTIO_RING_F_EVENT_IDX) & 1;
+    g_srv.protocol_acked = (f >> VU_F_PROTOCOL_FEATURES) & 1;
+    g_srv.vdev->regs.drv_feature = f & ~(1ull << VU_F_PROTOCOL_FEATURES);
+    for (i = 0; i < g_srv.vdev->vqs_len; i++)
+        g_srv.vdev->vqs[i].event_idx_enabled =
+            (f >> VIRTIO_RING_F_EVENT_IDX) & 1;
     refresh_queues();
     return RC_OK;
 }
@@ -746,18 +759,18 @@ static int h_set_mem_table(struct vu_msg *m) {
 
     /* No device thread may look at guest memory while it is swapped. */
     quiesce_if_running();
-    old = g_mem;
-    g_mem = fresh;
-    for (i = 0; i < g_vdev->vqs_len; i++) {
+    old = g_srv.mem;
+    g_srv.mem = fresh;
+    for (i = 0; i < g_srv.vdev->vqs_len; i++) {
         if (!translate_rings(i)) {
             log_error("queue %u stays stopped until its addresses are set "
                       "again",
                       i);
-            g_vq[i].addr_set = false;
+            g_srv.vq[i].addr_set = false;
         }
     }
     unmap_table(&old);
-    log_info("memory table: %u region(s)", g_mem.n);
+    log_info("memory table: %u region(s)", g_srv.mem.n);
     refresh_queues();
     return RC_OK;
 }
@@ -766,7 +779,7 @@ static int h_set_vring_num(struct vu_msg *m) {
     const struct vu_vring_state *st = &m->payload.state;
     VirtQueue *vq;
 
-    vq = &g_vdev->vqs[st->index];
+    vq = &g_srv.vdev->vqs[st->index];
     if (st->num == 0 || st->num > vq->queue_num_max ||
         (st->num & (st->num - 1)) != 0) {
         log_error("SET_VRING_NUM: queue %u: size %u is not a power of two "
@@ -786,7 +799,7 @@ static int h_set_vring_addr(struct vu_msg *m) {
     const struct vu_vring_addr *a = &m->payload.addr;
     struct vq_state *s;
 
-    s = &g_vq[a->index];
+    s = &g_srv.vq[a->index];
     quiesce_if_running();
     s->desc_uaddr = a->desc_user_addr;
     s->avail_uaddr = a->avail_user_addr;
@@ -809,7 +822,7 @@ static int h_set_vring_base(struct vu_msg *m) {
                   st->num);
         return RC_PROTO;
     }
-    vq = &g_vdev->vqs[st->index];
+    vq = &g_srv.vdev->vqs[st->index];
     quiesce_if_running();
     vq->last_avail_idx = (uint16_t)st->num;
     vq->last_used_idx = (uint16_t)st->num;
@@ -822,8 +835,8 @@ static int h_get_vring_base(struct vu_msg *m) {
     VirtQueue *vq;
     struct vq_state *s;
 
-    vq = &g_vdev->vqs[st.index];
-    s = &g_vq[st.index];
+    vq = &g_srv.vdev->vqs[st.index];
+    s = &g_srv.vq[st.index];
 
     /* After reset the device has completed everything it took. */
     quiesce_device();
@@ -876,7 +889,7 @@ static int h_set_vring_kick(struct vu_msg *m) {
                   idx);
         return RC_FAIL;
     }
-    s = &g_vq[idx];
+    s = &g_srv.vq[idx];
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 ||
         ep_add(fd, EP_KICK, idx) < 0) {
         log_error("SET_VRING_KICK: queue %u: unusable fd: %s", idx,
@@ -900,7 +913,7 @@ static int h_set_vring_call(struct vu_msg *m) {
 
     if (rc != RC_OK)
         return rc;
-    s = &g_vq[idx];
+    s = &g_srv.vq[idx];
     if (fd < 0) {
         /* Keep the old fd open (a device thread may hold its number) but
          * stop signalling through it. */
@@ -939,8 +952,8 @@ static int h_set_vring_err(struct vu_msg *m) {
 
     if (rc != RC_OK)
         return rc;
-    close_fd(&g_vq[idx].err_fd); /* only the runtime ever holds it */
-    g_vq[idx].err_fd = fd;
+    close_fd(&g_srv.vq[idx].err_fd); /* only the runtime ever holds it */
+    g_srv.vq[idx].err_fd = fd;
     return RC_OK;
 }
 
@@ -951,7 +964,7 @@ static int h_set_protocol_features(struct vu_msg *m) {
                   m->payload.u64 & ~VU_OFFERED_PROTOCOL_FEATURES);
         return RC_PROTO;
     }
-    g_protocol_features = m->payload.u64;
+    g_srv.protocol_features = m->payload.u64;
     return RC_OK;
 }
 
@@ -962,9 +975,9 @@ static int h_set_vring_enable(struct vu_msg *m) {
         log_error("SET_VRING_ENABLE: bad value %u", st->num);
         return RC_PROTO;
     }
-    if (!st->num && g_vdev->vqs[st->index].ready)
+    if (!st->num && g_srv.vdev->vqs[st->index].ready)
         quiesce_if_running();
-    g_vq[st->index].enabled = st->num != 0;
+    g_srv.vq[st->index].enabled = st->num != 0;
     refresh_queues();
     return RC_OK;
 }
@@ -986,12 +999,12 @@ static int h_get_config(struct vu_msg *m) {
     reply.size = req->size;
     reply.flags = req->flags;
     /* The device's private struct starts with its virtio_blk_config. */
-    for (i = 0; i < req->size && g_vdev->dev != NULL; i++) {
+    for (i = 0; i < req->size && g_srv.vdev->dev != NULL; i++) {
         uint64_t at = (uint64_t)req->offset + i;
 
         if (at >= cfg_len)
             break;
-        reply.region[i] = ((const uint8_t *)g_vdev->dev)[at];
+        reply.region[i] = ((const uint8_t *)g_srv.vdev->dev)[at];
     }
     if (send_reply(m->hdr.request, &reply, VU_CONFIG_HDR_SIZE + req->size) < 0)
         return RC_PROTO;
@@ -1018,7 +1031,7 @@ static int h_get_protocol_features(struct vu_msg *m) {
 }
 
 static int h_get_queue_num(struct vu_msg *m) {
-    return reply_u64(m->hdr.request, g_vdev->vqs_len);
+    return reply_u64(m->hdr.request, g_srv.vdev->vqs_len);
 }
 
 static int h_set_config(struct vu_msg *m) {
@@ -1098,7 +1111,7 @@ static bool handle_connection(void) {
     struct vu_msg m;
     int rc;
 
-    rc = read_msg(g_conn_fd, &m);
+    rc = read_msg(g_srv.conn_fd, &m);
     if (rc == 0) {
         log_info("frontend disconnected");
         return false;
@@ -1118,7 +1131,7 @@ static bool handle_connection(void) {
     if (rc == RC_FAIL)
         log_debug("%s failed", request_name(m.hdr.request));
     if (rc != RC_REPLIED && (m.hdr.flags & VU_FLAG_NEED_REPLY) &&
-        (g_protocol_features & (1ull << VU_PROTOCOL_F_REPLY_ACK))) {
+        (g_srv.protocol_features & (1ull << VU_PROTOCOL_F_REPLY_ACK))) {
         if (reply_u64(m.hdr.request, rc == RC_OK ? 0 : 1) == RC_PROTO)
             return false;
     }
@@ -1129,16 +1142,16 @@ static bool handle_connection(void) {
 
 static void drop_connection(void) {
     reset_device_state();
-    ep_del(g_conn_fd);
-    close_fd(&g_conn_fd);
-    if (ep_add(g_listen_fd, EP_LISTEN, 0) < 0)
+    ep_del(g_srv.conn_fd);
+    close_fd(&g_srv.conn_fd);
+    if (ep_add(g_srv.listen_fd, EP_LISTEN, 0) < 0)
         log_error("cannot watch the listening socket: %s", strerror(errno));
     log_info("waiting for the next frontend");
 }
 
 static void accept_connection(void) {
     struct timeval tv = {.tv_sec = VU_IO_TIMEOUT_SEC, .tv_usec = 0};
-    int fd = accept4(g_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    int fd = accept4(g_srv.listen_fd, NULL, NULL, SOCK_CLOEXEC);
 
     if (fd < 0) {
         if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
@@ -1153,8 +1166,8 @@ static void accept_connection(void) {
         close(fd);
         return;
     }
-    ep_del(g_listen_fd); /* one frontend at a time */
-    g_conn_fd = fd;
+    ep_del(g_srv.listen_fd); /* one frontend at a time */
+    g_srv.conn_fd = fd;
     log_info("frontend connected");
 }
 
@@ -1162,13 +1175,13 @@ static void accept_connection(void) {
 static void handle_needs_reset(void) {
     uint64_t n;
 
-    if (read(g_needs_reset_fd, &n, sizeof(n)) != sizeof(n))
+    if (read(g_srv.needs_reset_fd, &n, sizeof(n)) != sizeof(n))
         return; /* drained by a reset meanwhile */
-    if (g_conn_fd < 0)
+    if (g_srv.conn_fd < 0)
         return;
     log_error("the device needs a reset (status %#x): closing the frontend "
               "connection",
-              __atomic_load_n(&g_vdev->regs.status, __ATOMIC_RELAXED));
+              __atomic_load_n(&g_srv.vdev->regs.status, __ATOMIC_RELAXED));
     drop_connection();
 }
 
@@ -1177,9 +1190,9 @@ static void handle_kick(uint32_t idx) {
     uint64_t v;
     ssize_t n;
 
-    if (idx >= g_vdev->vqs_len)
+    if (idx >= g_srv.vdev->vqs_len)
         return;
-    s = &g_vq[idx];
+    s = &g_srv.vq[idx];
     if (s->kick_fd < 0 || !s->kick_watched)
         return; /* stale event */
     n = read(s->kick_fd, &v, sizeof(v));
@@ -1192,8 +1205,8 @@ static void handle_kick(uint32_t idx) {
         s->kick_watched = false;
         return;
     }
-    if (g_vdev->vqs[idx].ready)
-        call_notify(&g_vdev->vqs[idx]);
+    if (g_srv.vdev->vqs[idx].ready)
+        call_notify(&g_srv.vdev->vqs[idx]);
 }
 
 /* ---- setup and main loop ------------------------------------------------ */
@@ -1263,16 +1276,16 @@ static void shutdown_all(const struct rt_options *opts) {
     unsigned i;
 
     /* Device first: it joins its threads, which may still touch memory. */
-    g_ops->close(g_vdev);
-    g_vdev = NULL;
+    g_srv.ops->close(g_srv.vdev);
+    g_srv.vdev = NULL;
     for (i = 0; i < VIRTIO_MAX_VQUEUES; i++)
-        release_vq_fds(&g_vq[i]);
-    unmap_table(&g_mem);
-    close_fd(&g_conn_fd);
-    close_fd(&g_listen_fd);
-    close_fd(&g_signal_fd);
-    close_fd(&g_needs_reset_fd);
-    close_fd(&g_epfd);
+        release_vq_fds(&g_srv.vq[i]);
+    unmap_table(&g_srv.mem);
+    close_fd(&g_srv.conn_fd);
+    close_fd(&g_srv.listen_fd);
+    close_fd(&g_srv.signal_fd);
+    close_fd(&g_srv.needs_reset_fd);
+    close_fd(&g_srv.epfd);
     if (opts->socket_path != NULL)
         unlink(opts->socket_path);
 }
@@ -1282,9 +1295,9 @@ int rt_run(const struct rt_options *opts) {
     unsigned i;
 
     for (i = 0; i < VIRTIO_MAX_VQUEUES; i++) {
-        g_vq[i].kick_fd = -1;
-        g_vq[i].call_fd = -1;
-        g_vq[i].err_fd = -1;
+        g_srv.vq[i].kick_fd = -1;
+        g_srv.vq[i].call_fd = -1;
+        g_srv.vq[i].err_fd = -1;
     }
 
     /* Every thread the device starts inherits this mask: everything blocked
@@ -1300,35 +1313,36 @@ int rt_run(const struct rt_options *opts) {
     sigemptyset(&term);
     sigaddset(&term, SIGINT);
     sigaddset(&term, SIGTERM);
-    g_signal_fd = signalfd(-1, &term, SFD_CLOEXEC | SFD_NONBLOCK);
-    g_needs_reset_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    g_epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (g_signal_fd < 0 || g_needs_reset_fd < 0 || g_epfd < 0) {
+    g_srv.signal_fd = signalfd(-1, &term, SFD_CLOEXEC | SFD_NONBLOCK);
+    g_srv.needs_reset_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    g_srv.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (g_srv.signal_fd < 0 || g_srv.needs_reset_fd < 0 || g_srv.epfd < 0) {
         log_fatal("signalfd/eventfd/epoll: %s", strerror(errno));
         return 1;
     }
 
-    g_vdev = create_device(opts);
-    if (g_vdev == NULL)
+    g_srv.vdev = create_device(opts);
+    if (g_srv.vdev == NULL)
         return 1;
 
-    g_listen_fd = open_listener(opts);
-    if (g_listen_fd < 0 || ep_add(g_listen_fd, EP_LISTEN, 0) < 0 ||
-        ep_add(g_signal_fd, EP_SIGNAL, 0) < 0 ||
-        ep_add(g_needs_reset_fd, EP_NEEDS_RESET, 0) < 0) {
-        if (g_listen_fd >= 0)
+    g_srv.listen_fd = open_listener(opts);
+    if (g_srv.listen_fd < 0 || ep_add(g_srv.listen_fd, EP_LISTEN, 0) < 0 ||
+        ep_add(g_srv.signal_fd, EP_SIGNAL, 0) < 0 ||
+        ep_add(g_srv.needs_reset_fd, EP_NEEDS_RESET, 0) < 0) {
+        if (g_srv.listen_fd >= 0)
             log_fatal("epoll: %s", strerror(errno));
-        g_ops->close(g_vdev);
+        g_srv.ops->close(g_srv.vdev);
         return 1;
     }
     if (opts->socket_path != NULL)
         fprintf(stderr, "vhost-user-blk: listening on %s\n", opts->socket_path);
     else
-        fprintf(stderr, "vhost-user-blk: listening on fd %d\n", g_listen_fd);
+        fprintf(stderr, "vhost-user-blk: listening on fd %d\n",
+                g_srv.listen_fd);
 
     for (;;) {
         struct epoll_event ev[16];
-        int n = epoll_wait(g_epfd, ev, 16, -1);
+        int n = epoll_wait(g_srv.epfd, ev, 16, -1);
         int k;
 
         if (n < 0) {
@@ -1344,17 +1358,17 @@ int rt_run(const struct rt_options *opts) {
 
             switch (kind) {
             case EP_LISTEN:
-                if (g_conn_fd < 0)
+                if (g_srv.conn_fd < 0)
                     accept_connection();
                 break;
             case EP_CONN:
-                if (g_conn_fd >= 0 && !handle_connection())
+                if (g_srv.conn_fd >= 0 && !handle_connection())
                     drop_connection();
                 break;
             case EP_SIGNAL: {
                 struct signalfd_siginfo si;
 
-                if (read(g_signal_fd, &si, sizeof(si)) == sizeof(si)) {
+                if (read(g_srv.signal_fd, &si, sizeof(si)) == sizeof(si)) {
                     log_info("signal %u: shutting down", si.ssi_signo);
                     shutdown_all(opts);
                     return 0;
