@@ -471,6 +471,27 @@ class Backend(_Section):
             "must then be aligned to device.block_size in memory, length and offset.",
         ),
     ] = False
+    split_threads: Annotated[
+        StrictInt,
+        Field(
+            ge=1,
+            le=8,
+            description="Threads that copy one large read or write together: the queue's "
+            "own thread takes the first part, split_threads - 1 helper threads the rest. "
+            "1 = the queue's thread alone (hvisor-tool's behaviour).",
+        ),
+    ] = 1
+    split_min_bytes: Annotated[
+        StrictInt,
+        Field(
+            ge=8192,
+            le=1 << 30,
+            multiple_of=4096,
+            description="split_threads > 1: requests of at least this many data bytes are "
+            "split, into parts of whole 4 KiB pages; smaller ones run on the queue's "
+            "thread alone.",
+        ),
+    ] = 262144
 
 
 class SpecBody(_Section):
@@ -604,8 +625,13 @@ class Spec(BaseModel):
 
     @property
     def needs_gnu_source(self) -> bool:
-        """The device uses GNU extensions (fallocate, O_DIRECT, CPU affinity)."""
-        return self.has_range_ops or self.backend.direct or bool(self.threading.affinity)
+        """The device uses GNU extensions (fallocate, O_DIRECT, CPU affinity, thread names)."""
+        return (
+            self.has_range_ops
+            or self.backend.direct
+            or bool(self.threading.affinity)
+            or self.backend.split_threads > 1
+        )
 
     @property
     def serial_c(self) -> str:

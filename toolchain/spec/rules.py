@@ -155,6 +155,25 @@ def _direct_io_needs_announced_block_size(spec: SpecBody) -> Iterator[Finding]:
         )
 
 
+def _split_needs_synchronous_buffered_io(spec: SpecBody) -> Iterator[Finding]:
+    b = spec.backend
+    if b.split_threads > 1:
+        if b.io.asynchronous:
+            yield (
+                ("backend", "split_threads"),
+                f"splits synchronous transfers; {b.io.value} keeps its own requests in "
+                "flight: use backend.io: sync",
+            )
+        elif b.direct:
+            yield (
+                ("backend", "split_threads"),
+                "O_DIRECT transfers go through the queue's one bounce buffer and cannot "
+                "be split: drop backend.direct",
+            )
+    elif "split_min_bytes" in b.model_fields_set:
+        yield (("backend", "split_min_bytes"), "only with split_threads above 1")
+
+
 def _seg_max_fits_a_direct_chain(spec: SpecBody) -> Iterator[Finding]:
     d = spec.device
     if spec.features.seg_max and not spec.features.indirect_desc and d.seg_max > d.queue_size - 2:
@@ -187,6 +206,7 @@ RULES: tuple[Rule, ...] = (
     _affinity_needs_workers,
     _io_uring_needs_a_draining_worker,
     _direct_io_needs_announced_block_size,
+    _split_needs_synchronous_buffered_io,
     _seg_max_fits_a_direct_chain,
 )
 
