@@ -175,7 +175,9 @@ class DeviceUnderTest:
         return dict(self.target.env)
 
     def driver(self, **kwargs: Any) -> BlkDevice:
-        """A guest driver suited to this device (timeouts, I/O alignment)."""
+        """A guest driver suited to this device (timeouts, I/O alignment; rings
+        of 128 entries, or the spec's queue_size when that is smaller)."""
+        kwargs.setdefault("queue_size", min(128, self.spec.device.queue_size))
         d = BlkDevice(timeout=self.timeout, **kwargs)
         if self.spec.backend.direct:  # O_DIRECT: block-aligned buffers and lengths
             d.memory.io_align = self.spec.device.block_size

@@ -193,21 +193,22 @@ def test_irq_policy_one_interrupt_per_batch_or_per_request(
     if dut.spec.features.event_idx:
         pytest.skip("EVENT_IDX suppression decides interrupts there")
     q = dev.queues[0]
+    n = min(32, q.size // 3)  # three descriptors each
     _interrupts(q)
-    for i in range(32):
+    for i in range(n):
         dev.submit(BlkRequest.read(dev.memory, i * 8, 4096), kick=False)
     q.kick()
-    _wait_used_idx(q, 32, dut.timeout)
+    _wait_used_idx(q, n, dut.timeout)
     time.sleep(0.05)
     got = _interrupts(q)
     model = dut.spec.threading.model
     if dut.spec.threading.irq.per_request:
-        assert got == 32
+        assert got == n
     elif dut.spec.threading.irq.adaptive:
         # At least the one that ends the batch; one per completion at most
         # when every completion is older than irq_delay_us (an emulated
         # target's reads are that slow).
-        assert 1 <= got <= 32
+        assert 1 <= got <= n
     elif model.worker_drains:
         # One kick, one drain pass; a pass already under way when the batch
         # was published (the backend pokes new rings) may take part of it.
@@ -215,9 +216,9 @@ def test_irq_policy_one_interrupt_per_batch_or_per_request(
     elif not model.has_worker:
         # inline: one interrupt per pass, and a pass takes at most a budget
         # (the main thread's, then the helper's), plus one as above.
-        assert 1 <= got <= -(-32 // model.main_budget) + 1
+        assert 1 <= got <= -(-n // model.main_budget) + 1
     else:  # procq: when the FIFO runs dry, which may happen mid-way
-        assert 1 <= got <= 32
+        assert 1 <= got <= n
     dev.complete()
 
 
