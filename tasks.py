@@ -244,7 +244,11 @@ def fmt(c: Context, fix: bool = False) -> None:
 
 
 @task(
+    iterable=["spec"],
     help={
+        "spec": "spec name or path to test (repeatable); default: every spec in spec/ "
+        "(an invalid one is reported and the rest are tested)",
+        "force": FORCE_HELP,
         "args": "extra pytest arguments, e.g. '-k flush -x' or test files",
         "targets": "comma-separated targets for the device tests, e.g. host-asan,host-tsan; "
         "default from invoke.yaml (rk3588,host)",
@@ -255,19 +259,37 @@ def fmt(c: Context, fix: bool = False) -> None:
     }
 )
 def test(
-    c: Context, args: str = "", targets: str = "", transports: str = "", hvisor_tree: str = ""
-) -> None:
-    """Build every spec for the targets and run the pytest suite on them."""
+    c: Context, spec: list[str] | None = None, force: bool = False, args: str = "",
+    targets: str = "", transports: str = "", hvisor_tree: str = "",
+) -> None:  # fmt: skip
+    """Build the specs for the targets and run the pytest suite on them."""
     chosen = targets.split(",") if targets else [str(t) for t in _cfg(c, "targets")]
-    _gen(LAYOUT, None)
     for t in chosen:
         try:
             load_target(t)
         except ValueError as exc:
             raise _fail(str(exc)) from None
+    invalid: list[str] = []
+    if spec:
+        layout, names = _resolve(list(spec), force)
+        _gen(layout, names)
+    else:  # each spec on its own: an invalid one must not stop the others
+        layout, names = LAYOUT, []
         for name in LAYOUT.spec_names():
-            _build(LAYOUT, name, t)
+            try:
+                project.specs(LAYOUT, [name])
+            except SpecError as exc:
+                print(f"error: spec/{name}.yaml is invalid, not tested:\n{exc}", flush=True)
+                invalid.append(name)
+                continue
+            names.append(name)
+        _gen(LAYOUT, names)
+    for t in chosen:
+        for name in names:
+            _build(layout, name, t)
     extra = args or str(_cfg(c, "pytest_args"))
+    if spec:
+        extra += " --specs " + shlex.quote(",".join(layout.spec_argument(n) for n in names))
     report = LAYOUT.build_dir / "junit" / f"{'-'.join(chosen)}-{time.time_ns()}.xml"
     if hvisor_tree:
         try:
@@ -277,11 +299,18 @@ def test(
         extra += f" --hvisor-tree {shlex.quote(str(Path(hvisor_tree).expanduser().resolve()))}"
     if transports:
         extra += f" --transports {shlex.quote(transports)}"
-    c.run(
+    result = c.run(
         f"{shlex.quote(sys.executable)} -m pytest --targets {shlex.quote(','.join(chosen))} "
         f"--junitxml={shlex.quote(str(report))} {extra}",
         pty=False,
+        warn=bool(invalid),
     )
+    if invalid:
+        ran = "passed" if result is not None and result.ok else "ran"
+        raise _fail(
+            f"{', '.join(f'spec/{n}.yaml' for n in invalid)} invalid (above), so not "
+            f"tested; the suite {ran} on the other specs"
+        )
 
 
 SIM_SUITES = "tests/test_device.py tests/test_hostile_guest.py tests/test_hostile_hvisor.py"

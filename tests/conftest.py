@@ -23,7 +23,8 @@ from toolchain import project
 from toolchain.bridge import daemon
 from toolchain.bridge.backend import HvisorBackend
 from toolchain.guest import Backend, BlkDevice, ShadowDisk
-from toolchain.spec import Spec
+from toolchain.render import TemplateError
+from toolchain.spec import Spec, SpecError
 from toolchain.targets import Target, load_target, sanitizer_reports, target_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--specs",
         default="",
-        help="comma-separated spec names the device suite runs (default: every spec in spec/)",
+        help="comma-separated spec names or .yaml paths the device suite runs (default: "
+        "every spec in spec/ that is valid; an invalid one is reported and left out)",
     )
     parser.addoption(
         "--hvisor-tree",
@@ -133,6 +135,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         name = {"rk3588": "rk3588 (qemu-aarch64)"}
         parts = [f"{tr} x {name.get(tg, tg)}: {n}" for (tr, tg), n in counts.items()]
         terminalreporter.write_line(f"device tests passed: {', '.join(parts)}")
+    for spec, error in INVALID_SPECS.items():
+        terminalreporter.write_line(
+            f"spec/{spec}.yaml is invalid, so the device suite left it out:\n{error}", red=True
+        )
 
 
 @pytest.fixture(scope="session")
@@ -218,18 +224,53 @@ def selected_transports(config: pytest.Config) -> list[str]:
     return names
 
 
+#: Specs in spec/ left out of the device suite because they do not load:
+#: name -> the error (test_generation fails on them; the summary names them).
+INVALID_SPECS: dict[str, str] = {}
+_CHOSEN_KEY = pytest.StashKey[list[str]]()
+
+
+def chosen_specs(config: pytest.Config) -> list[str]:
+    """The specs the device suite runs, by name, resolved once per session.
+
+    --specs takes names and .yaml paths (a path outside spec/ is generated into
+    generated/<stem>/ first, as `invoke gen --spec PATH` would; LAYOUT then
+    knows it). Without --specs: every spec in spec/ that loads; one that does
+    not is recorded in INVALID_SPECS and left out, so it cannot stop the rest.
+    """
+    global LAYOUT
+    if _CHOSEN_KEY in config.stash:
+        return config.stash[_CHOSEN_KEY]
+    wanted = [n.strip() for n in str(config.getoption("--specs")).split(",") if n.strip()]
+    names: list[str] = []
+    if wanted:
+        try:
+            LAYOUT, names = project.resolve(LAYOUT, wanted)
+            project.specs(LAYOUT, names)
+            outside = [n for n in names if n in LAYOUT.outside_by_name]
+            if outside:
+                project.generate(LAYOUT, outside, check=False)
+        except (SpecError, project.SpecArgumentError, TemplateError) as exc:
+            raise pytest.UsageError(f"--specs: {exc}") from None
+    else:
+        for name in LAYOUT.spec_names():
+            try:
+                project.specs(LAYOUT, [name])
+            except SpecError as exc:
+                INVALID_SPECS[name] = str(exc)
+                continue
+            names.append(name)
+    config.stash[_CHOSEN_KEY] = names
+    return names
+
+
 def configurations(config: pytest.Config) -> list[tuple[str, str, str]]:
-    """(spec, target, transport) for every spec in spec/, selected target and transport.
+    """(spec, target, transport) for every chosen spec, selected target and transport.
 
     The real daemon builds for rk3588 (arm64) and host (x86_64) only; its own
     device ("upstream") stands beside the default spec, which describes it.
     """
-    specs = sorted(p.stem for p in LAYOUT.spec_dir.glob("*.yaml"))
-    wanted = [n.strip() for n in str(config.getoption("--specs")).split(",") if n.strip()]
-    unknown = sorted(set(wanted) - set(specs))
-    if unknown:
-        raise pytest.UsageError(f"--specs: no spec {', '.join(unknown)} in {LAYOUT.spec_dir}")
-    specs = [s for s in specs if s in wanted] if wanted else specs
+    specs = chosen_specs(config)
     out = []
     for tr in selected_transports(config):
         for t in selected_targets(config):

@@ -144,3 +144,47 @@ def test_two_outside_specs_with_one_stem_are_refused(scratch: Path) -> None:
     shutil.copy(first, second)
     with pytest.raises(project.SpecArgumentError, match="are both named 'twin'"):
         project.resolve(project.Layout(scratch), [str(first), str(second)])
+
+
+def _with_tests(repo: Path) -> Path:
+    shutil.copytree(ROOT / "tests", repo / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    return repo
+
+
+def test_invoke_test_with_a_spec_path_runs_the_device_suite_on_that_spec_alone(
+    scratch: Path,
+) -> None:
+    spec = _outside_spec(_with_tests(scratch), "tested-elsewhere")
+    proc = _invoke(
+        scratch, "test", "--spec", str(spec), "--targets", "host", "--transports", "vhost-user",
+        "--args", "-q -p no:cacheprovider tests/test_device.py -k get_id_returns",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "1 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "device tests passed: vhost-user x host: 1" in proc.stdout
+    assert "built      build/host/tested-elsewhere/vhost-user-blk" in proc.stdout
+    assert not (scratch / "build" / "host" / "virtio-blk").exists()  # the others untouched
+
+
+def test_an_invalid_spec_in_spec_is_reported_and_the_others_are_still_tested(
+    scratch: Path,
+) -> None:
+    _with_tests(scratch)
+    for name in ("direct", "discard", "inline", "per-queue", "procq", "read-only"):
+        (scratch / "spec" / f"{name}.yaml").unlink()  # keep the run short
+        shutil.rmtree(scratch / "generated" / name)
+    (scratch / "spec" / "scratch.yaml").write_text("device:\n  queue_size: 100\n")
+    proc = _invoke(
+        scratch, "test", "--targets", "host", "--transports", "vhost-user",
+        "--args", "-q -p no:cacheprovider tests/test_device.py -k get_id_returns",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
+    assert "error: spec/scratch.yaml is invalid, not tested:" in proc.stdout
+    assert "device.queue_size: 100 is not a power of two" in proc.stdout
+    assert "1 passed" in proc.stdout, proc.stdout[-2000:]  # virtio-blk, the valid one
+    assert "spec/scratch.yaml is invalid, so the device suite left it out" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: spec/scratch.yaml invalid (above), so not tested; "
+        "the suite passed on the other specs"
+    )
