@@ -256,7 +256,7 @@ def fmt(c: Context, fix: bool = False) -> None:
         "default: vhost-user and hvisor, plus hvisor-tool with --hvisor-tree",
         "hvisor-tree": "an hvisor-tool checkout: also run the suites on its own daemon "
         "(built with the /dev/hvisor stand-in; the tree is not changed)",
-    }
+    },
 )
 def test(
     c: Context, spec: list[str] | None = None, force: bool = False, args: str = "",

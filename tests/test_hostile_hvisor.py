@@ -53,6 +53,8 @@ pytestmark = pytest.mark.only_transport("hvisor")
 
 RAM_GPA = 0x1000_0000
 RAM_SIZE = 8 * 1024 * 1024
+
+
 def in_flight(dev: BlkDevice) -> int:
     """Requests a load puts in flight: 32 (four descriptors each, see
     prepare), or as many as a smaller ring holds."""
