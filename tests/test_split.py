@@ -11,8 +11,10 @@ split skip, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,17 +38,15 @@ def splits(dut: DeviceUnderTest) -> int:
 def thread_names(pid: int) -> list[str]:
     names = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # the thread ended meanwhile
             names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
-        except FileNotFoundError:  # the thread ended meanwhile
-            pass
     return names
 
 
 def cut(rng: random.Random, total: int, pieces: int) -> list[int]:
     """``total`` bytes in ``pieces`` segments of random, mostly odd, sizes."""
     points = sorted(rng.sample(range(1, total), pieces - 1))
-    return [b - a for a, b in zip([0, *points], [*points, total])]
+    return [b - a for a, b in zip([0, *points], [*points, total], strict=True)]
 
 
 def test_each_queue_has_its_helper_threads(
@@ -127,3 +127,25 @@ def test_a_part_past_the_end_of_a_shrunken_image_counts_only_the_bytes_before_it
     c = dev.run(BlkRequest.read(dev.memory, sector, nbytes))
     assert (c.status, c.used_len, c.guard_errors) == (VIRTIO_BLK_S_IOERR, keep, [])
     assert c.data[:keep] == shadow.expected(sector * 512, keep)
+
+
+def test_with_one_cpu_allowed_no_helper_starts_and_large_requests_run_whole(
+    dut: DeviceUnderTest,
+    splits: int,
+    start_backend: Callable[..., Backend],
+    shadow: ShadowDisk,
+) -> None:
+    """Under taskset or a one-CPU cpuset the parts could only take turns: the
+    device starts no helper, says so once, and serves large requests whole."""
+    allowed = os.sched_getaffinity(0)
+    with dut.driver() as dev:
+        os.sched_setaffinity(0, {min(allowed)})  # the backend inherits it
+        try:
+            be = start_backend()
+            be.attach(dev)
+        finally:
+            os.sched_setaffinity(0, allowed)
+        nbytes = 2 * splits
+        assert dev.read(8, nbytes, 3) == shadow.expected(8 * 512, nbytes)
+        assert "blk-split" not in thread_names(be.pid)
+    assert "one CPU allowed, large requests not split" in Path(be.log_path).read_text()

@@ -203,6 +203,15 @@ MUTANTS: tuple[Mutant, ...] = (
         module="tests/test_split.py",
     ),
     Mutant(
+        "split-on-one-cpu",
+        "backend.split_threads: with one CPU allowed no helper starts",
+        "CPU_COUNT(&allowed) < 2",
+        "CPU_COUNT(&allowed) < 1",
+        "test_with_one_cpu_allowed_no_helper_starts",
+        applies=lambda s: s.backend.split_threads > 1,
+        module="tests/test_split.py",
+    ),
+    Mutant(
         "no-io-uring-fallback",
         "a persistently failing io_uring_enter falls back to synchronous I/O",
         "blk_uring_give_up(q, err);",

@@ -117,17 +117,22 @@ struct blk_split_part {
 };
 
 /* A queue's helpers. The queue's I/O thread starts a round and waits for
- * it; helper k serves part k. */
+ * it; helper k serves part k. Each side spins a while (BLK_SPLIT_SPIN_NS)
+ * before it sleeps: in a stream of large requests the other side is due
+ * within one part's copy time, and a futex sleep and wake-up per round cost
+ * about as much as the copy a helper saves. */
 struct blk_split {
     pthread_mutex_t mtx;
-    pthread_cond_t go;    /* a round started, or stop */
-    pthread_cond_t idle;  /* the round's last helper finished */
-    unsigned int round;   /* under mtx: rounds started */
-    unsigned int pending; /* under mtx: helpers still on this round */
-    bool write;           /* under mtx: this round's direction */
-    bool stop;            /* under mtx: close() wants the helpers gone */
-    unsigned int helpers; /* main thread: helpers running */
-    int fd;               /* set at init */
+    pthread_cond_t go;     /* a round started, or stop */
+    pthread_cond_t idle;   /* the round's last helper finished */
+    unsigned int round;    /* atomic, stored under mtx: rounds started */
+    unsigned int pending;  /* atomic: helpers still on this round */
+    unsigned int sleepers; /* under mtx: helpers waiting on go */
+    bool waiting;          /* under mtx: the I/O thread waits on idle */
+    bool write;            /* this round's direction, set before round */
+    bool stop;             /* atomic, stored under mtx: stop the helpers */
+    unsigned int helpers;  /* main thread: helpers running (0: no split) */
+    int fd;                /* set at init */
     struct blk_split_part part[BLK_SPLIT_THREADS];
 };
 
@@ -634,29 +639,71 @@ static int blk_transfer(int fd, struct iovec *iov, unsigned int cnt,
 
 /* ---- backend.split_threads = 2 ---------------------------------------- */
 
+#define BLK_SPLIT_SPIN_NS 50000u
+
+static uint64_t blk_split_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void blk_split_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* Spin up to BLK_SPLIT_SPIN_NS until *word == value (equal) or != value
+ * (!equal), or stop, when given, is set; true when the condition came. */
+static bool blk_split_spin(const unsigned int *word, unsigned int value,
+                           bool equal, const bool *stop) {
+    const uint64_t until = blk_split_now_ns() + BLK_SPLIT_SPIN_NS;
+    for (unsigned int n = 1;; n++) {
+        if ((__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) == equal)
+            return true;
+        if (stop && __atomic_load_n(stop, __ATOMIC_RELAXED))
+            return false;
+        blk_split_relax();
+        if (n % 64 == 0 && blk_split_now_ns() >= until)
+            return false;
+    }
+}
+
 static void *blk_split_helper(void *arg) {
     struct blk_split_part *p = arg;
     struct blk_split *s = p->split;
     unsigned int seen = 0;
     /* "blk-split", as top -H and /proc/PID/task/TID/comm show it */
     pthread_setname_np(pthread_self(), "blk-split");
-    pthread_mutex_lock(&s->mtx);
     for (;;) {
-        while (s->round == seen && !s->stop)
-            pthread_cond_wait(&s->go, &s->mtx);
-        if (s->stop)
-            break;
-        seen = s->round;
-        const bool write = s->write;
-        pthread_mutex_unlock(&s->mtx);
+        if (!blk_split_spin(&s->round, seen, false, &s->stop)) {
+            pthread_mutex_lock(&s->mtx);
+            while (__atomic_load_n(&s->round, __ATOMIC_ACQUIRE) == seen &&
+                   !s->stop) {
+                s->sleepers++;
+                pthread_cond_wait(&s->go, &s->mtx);
+                s->sleepers--;
+            }
+            const bool stop = s->stop;
+            pthread_mutex_unlock(&s->mtx);
+            if (stop)
+                break;
+        }
+        /* acquire (above): the round's parts and direction are visible */
+        seen = __atomic_load_n(&s->round, __ATOMIC_ACQUIRE);
         p->done = 0;
-        p->err = blk_transfer(s->fd, p->iov, p->cnt, p->len, write, p->off,
+        p->err = blk_transfer(s->fd, p->iov, p->cnt, p->len, s->write, p->off,
                               &p->done);
-        pthread_mutex_lock(&s->mtx);
-        if (--s->pending == 0)
-            pthread_cond_signal(&s->idle);
+        /* release: this part's err and done before the count that says so */
+        if (__atomic_sub_fetch(&s->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&s->mtx);
+            if (s->waiting)
+                pthread_cond_signal(&s->idle);
+            pthread_mutex_unlock(&s->mtx);
+        }
     }
-    pthread_mutex_unlock(&s->mtx);
     return NULL;
 }
 
@@ -665,7 +712,7 @@ static void *blk_split_helper(void *arg) {
 static void blk_split_teardown(BlkQueue *q) {
     struct blk_split *s = &q->split;
     pthread_mutex_lock(&s->mtx);
-    s->stop = true;
+    __atomic_store_n(&s->stop, true, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&s->go);
     pthread_mutex_unlock(&s->mtx);
     for (unsigned int k = 1; k <= s->helpers; k++)
@@ -676,12 +723,16 @@ static void blk_split_teardown(BlkQueue *q) {
     pthread_mutex_destroy(&s->mtx);
 }
 
-/* Start the queue's split_threads - 1 helpers. Main thread, at init. */
+/* Start the queue's split_threads - 1 helpers. Main thread, at init. With
+ * one CPU allowed (taskset, a cpuset) the parts could only take turns, so
+ * no helper starts and requests are not split. */
 static int blk_split_setup(BlkQueue *q) {
     struct blk_split *s = &q->split;
     s->fd = q->dev->img_fd;
     s->round = 0;
     s->pending = 0;
+    s->sleepers = 0;
+    s->waiting = false;
     s->stop = false;
     s->helpers = 0;
     if (pthread_mutex_init(&s->mtx, NULL) != 0)
@@ -692,6 +743,14 @@ static int blk_split_setup(BlkQueue *q) {
         goto err_go;
     for (unsigned int k = 0; k < BLK_SPLIT_THREADS; k++)
         s->part[k].split = s;
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 &&
+        CPU_COUNT(&allowed) < 2) {
+        log_info("virtio-blk: queue %" PRIu64
+                 ": one CPU allowed, large requests not split",
+                 q->vq->vq_idx);
+        return 0;
+    }
     for (unsigned int k = 1; k < BLK_SPLIT_THREADS; k++) {
         const int err = pthread_create(&s->part[k].tid, NULL, blk_split_helper,
                                        &s->part[k]);
@@ -757,11 +816,13 @@ static int blk_split_transfer(BlkQueue *q, const struct iovec *iov,
         ((len + BLK_SPLIT_THREADS - 1) / BLK_SPLIT_THREADS + 4095) &
         ~(uint64_t)4095;
     blk_split_cut(s, iov, cnt, len, off, step);
-    pthread_mutex_lock(&s->mtx);
-    s->round++;
-    s->pending = s->helpers;
     s->write = write;
-    pthread_cond_broadcast(&s->go);
+    __atomic_store_n(&s->pending, s->helpers, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&s->mtx);
+    /* release: the parts, direction and count before the round */
+    __atomic_store_n(&s->round, s->round + 1, __ATOMIC_RELEASE);
+    if (s->sleepers > 0)
+        pthread_cond_broadcast(&s->go);
     pthread_mutex_unlock(&s->mtx);
 
     struct blk_split_part *mine = &s->part[0];
@@ -769,10 +830,15 @@ static int blk_split_transfer(BlkQueue *q, const struct iovec *iov,
     mine->err = blk_transfer(s->fd, mine->iov, mine->cnt, mine->len, write,
                              mine->off, &mine->done);
 
-    pthread_mutex_lock(&s->mtx);
-    while (s->pending > 0)
-        pthread_cond_wait(&s->idle, &s->mtx);
-    pthread_mutex_unlock(&s->mtx);
+    /* acquire: every helper's err and done once the count reaches 0 */
+    if (!blk_split_spin(&s->pending, 0, true, NULL)) {
+        pthread_mutex_lock(&s->mtx);
+        s->waiting = true;
+        while (__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE) != 0)
+            pthread_cond_wait(&s->idle, &s->mtx);
+        s->waiting = false;
+        pthread_mutex_unlock(&s->mtx);
+    }
 
     int err = 0;
     for (unsigned int k = 0; k < BLK_SPLIT_THREADS; k++) {
@@ -857,7 +923,7 @@ static uint8_t blk_io_sync(BlkQueue *q, struct blk_req *req, enum blk_op op,
     switch (op) {
     case BLK_OP_READ:
     case BLK_OP_WRITE:
-        if (req->data_len >= BLK_SPLIT_MIN_BYTES)
+        if (req->data_len >= BLK_SPLIT_MIN_BYTES && q->split.helpers > 0)
             err = blk_split_transfer(
                 q, req->data, req->niov, req->data_len, op == BLK_OP_WRITE,
                 (off_t)(req->sector << BLK_SECTOR_SHIFT), &done);
