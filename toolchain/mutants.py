@@ -252,6 +252,20 @@ def _pytest(
     )  # fmt: skip
 
 
+def cover(root: Path, first: str, names: list[str]) -> list[tuple[str, tuple[Mutant, ...]]]:
+    """Every mutant on some spec: first takes all that apply to it, then each
+    of names in order those that apply to it and no earlier spec took."""
+    plan = []
+    left = MUTANTS
+    for name in [first, *[n for n in names if n != first]]:
+        (model,) = specs(Layout(root), [name])
+        mine = tuple(m for m in left if m.applies is None or m.applies(model))
+        if mine:
+            plan.append((name, mine))
+            left = tuple(m for m in left if m not in mine)
+    return plan
+
+
 def run(root: Path, spec: str, mutants: tuple[Mutant, ...] = MUTANTS) -> list[Verdict]:
     """Build and test every mutant of generated/<spec>; one verdict each.
 
