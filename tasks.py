@@ -73,7 +73,7 @@ def _spec_names(c: Context, spec: list[str] | None) -> list[str]:
 
 FORCE_HELP = (
     "use a spec file outside spec/ even when it is named like a shipped spec "
-    "(its output then replaces that spec's generated/ directory)"
+    "(its builds then replace that spec's in build/; generated/ is never touched)"
 )
 
 

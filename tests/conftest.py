@@ -234,7 +234,7 @@ def chosen_specs(config: pytest.Config) -> list[str]:
     """The specs the device suite runs, by name, resolved once per session.
 
     --specs takes names and .yaml paths (a path outside spec/ is generated into
-    generated/<stem>/ first, as `invoke gen --spec PATH` would; LAYOUT then
+    build/generated/<stem>/ first, as `invoke gen --spec PATH` would; LAYOUT then
     knows it). Without --specs: every spec in spec/ that loads; one that does
     not is recorded in INVALID_SPECS and left out, so it cannot stop the rest.
     """

@@ -1,5 +1,7 @@
 """`--spec PATH`: a spec file anywhere is generated and built like a shipped spec.
 
+Its output goes to build/generated/<stem>/, never into the committed generated/.
+
 Each test runs `python3 -m invoke` in a scratch copy of the project, so the
 checkout's generated/ and build/ are never touched.
 """
@@ -74,7 +76,7 @@ def test_build_of_a_spec_outside_the_repository_generates_and_builds_under_its_s
     assert proc.returncode == 0, proc.stderr
     assert "build/host/path-only-spec/vhost-user-blk" in proc.stdout
     assert (scratch / "build" / "host" / "path-only-spec" / "vhost-user-blk").is_file()
-    generated = scratch / "generated" / "path-only-spec"
+    generated = scratch / "build" / "generated" / "path-only-spec"
     manifest = json.loads((generated / "manifest.json").read_text())
     assert (manifest["spec"], manifest["serial"]) == ("path-only-spec", "elsewhere-blk")
     assert manifest["source"] == "../elsewhere/path-only-spec.yaml"
@@ -82,8 +84,9 @@ def test_build_of_a_spec_outside_the_repository_generates_and_builds_under_its_s
         assert " * Spec: ../elsewhere/path-only-spec.yaml (sha256 " in banner
         assert " * Regenerate: invoke gen --spec ../elsewhere/path-only-spec.yaml" in banner
         assert str(scratch.parent) not in banner
-    after = _snapshot(scratch / "generated")
-    assert {k: v for k, v in after.items() if not k.startswith("path-only-spec/")} == shipped
+    assert _snapshot(scratch / "generated") == shipped
+    check = _invoke(scratch, "gen", "--check")  # the committed tree still matches its specs
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize("task", [["gen"], ["build", "--target", "host"]], ids=lambda t: t[0])
@@ -96,19 +99,21 @@ def test_a_spec_outside_spec_named_like_a_shipped_one_is_refused_and_generated_i
     assert proc.returncode == 1
     assert proc.stderr == (
         f"error: {spec} is named like the shipped spec/virtio-blk.yaml and would replace "
-        "generated/virtio-blk/; rename the file, or pass --force to replace it\n"
+        "its builds in build/; rename the file, or pass --force to replace them\n"
     )
     assert _snapshot(scratch / "generated") == before
     assert not (scratch / "build" / "host" / "virtio-blk").exists()
 
 
-def test_force_replaces_the_shipped_output_and_records_the_path_relative_to_the_root(
+def test_force_generates_beside_the_shipped_output_and_records_the_path_relative_to_the_root(
     scratch: Path,
 ) -> None:
     spec = _outside_spec(scratch, "virtio-blk")
+    shipped = _snapshot(scratch / "generated")
     proc = _invoke(scratch, "gen", "--spec", str(spec), "--force")
     assert proc.returncode == 0, proc.stderr
-    generated = scratch / "generated" / "virtio-blk"
+    assert _snapshot(scratch / "generated") == shipped
+    generated = scratch / "build" / "generated" / "virtio-blk"
     manifest = json.loads((generated / "manifest.json").read_text())
     assert (manifest["serial"], manifest["source"]) == (
         "elsewhere-blk",
@@ -165,6 +170,8 @@ def test_invoke_test_with_a_spec_path_runs_the_device_suite_on_that_spec_alone(
     assert "device tests passed: vhost-user x host: 1" in proc.stdout
     assert "built      build/host/tested-elsewhere/vhost-user-blk" in proc.stdout
     assert not (scratch / "build" / "host" / "virtio-blk").exists()  # the others untouched
+    assert not (scratch / "generated" / "tested-elsewhere").exists()
+    assert (scratch / "build" / "generated" / "tested-elsewhere" / "virtio_blk.c").is_file()
 
 
 def test_an_invalid_spec_in_spec_is_reported_and_the_others_are_still_tested(

@@ -183,7 +183,7 @@ def format_build(report: hvisor.BuildReport, root: Path) -> str:
     return "\n".join(
         [
             f"tree:      {report.tree} ({checked})",
-            f"installed: generated/{report.spec}/virtio_blk.{{c,h}} -> "
+            f"installed: {rel(report.pair)}/virtio_blk.{{c,h}} -> "
             f"{hvisor.TREE_C}, {hvisor.TREE_H}"
             + (" (replacing an earlier blkgen install)" if report.reinstalled else ""),
             f"originals: kept in {report.tree}/{hvisor.STATE_DIR}/ "

@@ -122,6 +122,7 @@ class BuildReport:
     git: bool = False
     tree_revision: str = ""
     reinstalled: bool = False  # a previous install of ours was replaced
+    pair: str = ""  # the directory the pair was installed from
 
 
 def _git(tree: Path, *args: str) -> subprocess.CompletedProcess[bytes] | None:
@@ -386,6 +387,7 @@ def install_and_build(
         git=info.git,
         tree_revision=info.revision,
         reinstalled=not fresh,
+        pair=str(pair_dir),
     )
     _write_json_atomic(out_dir / "hvisor.json", asdict(report))
     return report

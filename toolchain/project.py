@@ -21,7 +21,8 @@ class Layout:
     """Where things live, relative to the project root.
 
     outside: spec files given by path that are not in spec/ (see resolve);
-    each is known by its file's stem, like a shipped spec.
+    each is known by its file's stem, like a shipped spec, and generated into
+    build/generated/<stem>/, so the committed generated/ holds shipped specs only.
     """
 
     root: Path
@@ -44,7 +45,9 @@ class Layout:
         return self.root / "build"
 
     def generated_for(self, spec: str) -> Path:
-        """generated/<spec>/"""
+        """generated/<spec>/; build/generated/<spec>/ for a spec given by an outside path."""
+        if spec in self.outside_by_name:
+            return self.build_dir / "generated" / spec
         return self.generated / spec
 
     def build_for(self, target: str, spec: str) -> Path:
@@ -105,10 +108,11 @@ def resolve(layout: Layout, args: list[str], force: bool = False) -> tuple[Layou
     """Spec arguments (names or paths) -> (a layout that knows the paths, their names).
 
     The one place a --spec argument is interpreted. A path into spec/ is that
-    shipped spec; any other path is generated into generated/<stem>/ and built
-    into build/<target>/<stem>/ like one. A path outside spec/ whose stem is a
-    shipped spec's name would replace that spec's committed output: refused
-    (SpecArgumentError) unless force. Unknown names and missing files: SpecError.
+    shipped spec; any other path is generated into build/generated/<stem>/ and
+    built into build/<target>/<stem>/ like one. A path outside spec/ whose stem
+    is a shipped spec's name would take that spec's place in build/ and in test
+    and bench reports: refused (SpecArgumentError) unless force. Unknown names
+    and missing files: SpecError.
     """
     outside = layout.outside_by_name
     # every unknown name or missing file at once
@@ -128,12 +132,12 @@ def resolve(layout: Layout, args: list[str], force: bool = False) -> tuple[Layou
         if name in outside and outside[name].resolve() != path.resolve():
             raise SpecArgumentError(
                 f"{arg} and {outside[name]} are both named '{name}'; "
-                f"generated/{name}/ can hold one of them: rename one"
+                f"build/ can hold one of them: rename one"
             )
         if name in shipped and not force:
             raise SpecArgumentError(
                 f"{arg} is named like the shipped spec/{name}.yaml and would replace "
-                f"generated/{name}/; rename the file, or pass --force to replace it"
+                f"its builds in build/; rename the file, or pass --force to replace them"
             )
         outside[name] = path
         names.append(name)
@@ -150,7 +154,8 @@ def generate(
 ) -> WriteReport:
     """Render specs into generated/ (plus schema and key reference); or check drift.
 
-    names: spec names or paths (see resolve; force as there); default every shipped spec.
+    names: spec names or paths (see resolve; force as there); default every
+    shipped spec. A spec given by an outside path goes to build/generated/<name>/.
     """
     if names:
         layout, names = resolve(layout, names, force)
@@ -159,10 +164,14 @@ def generate(
         reference.SCHEMA_PATH: reference.json_schema(),
         reference.REFERENCE_PATH: reference.reference_markdown(),
     }
+    owned: list[str] = []
     for spec in chosen:
+        base = layout.generated_for(spec.name).parent.relative_to(layout.root)
         for rel, text in render_spec(spec, layout.template_dir).items():
-            files[f"generated/{rel}"] = text
-    owned = [f"generated/{s.name}" for s in chosen] if names else ["generated"]
+            files[f"{base}/{rel}"] = text
+        owned.append(f"{base}/{spec.name}")
+    if not names:
+        owned = ["generated"]
     return sync(layout.root, files, check=check, owned=owned)
 
 
