@@ -27,6 +27,7 @@ from toolchain.build import BuildError
 from toolchain.cli import task
 from toolchain.junit import totals, totals_of
 from toolchain.render import CLANG_FORMAT_STYLE, TemplateError
+from toolchain.show import describe
 from toolchain.spec import SpecError
 from toolchain.targets import load_target, target_names
 from toolchain.tools import MissingTool, require
@@ -171,15 +172,47 @@ def _is_root() -> bool:
     help={
         "spec": "spec name or path (repeatable); default: every spec in spec/",
         "check": "change nothing; fail if generated/ differs from the specs",
+        "diff": "change nothing; print the unified diff a gen would apply",
         "force": FORCE_HELP,
     },
 )
 def gen(
-    c: Context, spec: list[str] | None = None, check: bool = False, force: bool = False
+    c: Context,
+    spec: list[str] | None = None,
+    check: bool = False,
+    diff: bool = False,
+    force: bool = False,
 ) -> None:
     """Render specs into generated/ (only changed files are written)."""
     layout, names = _resolve(list(spec), force) if spec else (LAYOUT, None)
-    _gen(layout, names, check)
+    if not diff:
+        _gen(layout, names, check)
+        return
+    try:
+        text = project.generate_diff(layout, names)
+    except SpecError as exc:
+        raise _fail(f"invalid spec:\n{exc}") from None
+    except (MissingTool, TemplateError) as exc:
+        raise _fail(str(exc)) from None
+    sys.stdout.write(text or "no change: generated files match the specs\n")
+
+
+@task(
+    help={
+        "spec": "spec name or path; default from invoke.yaml (virtio-blk)",
+        "force": FORCE_HELP,
+    }
+)
+def show(c: Context, spec: str = "", force: bool = False) -> None:
+    """A spec with every default filled in, its features, and how it differs from the default."""
+    layout, (name,) = _resolve([spec or str(_cfg(c, "spec"))], force)
+    reference_name = project.DEFAULT_SPEC
+    try:
+        (model,) = project.specs(layout, [name])
+        (reference,) = project.specs(LAYOUT, [reference_name])
+    except SpecError as exc:
+        raise _fail(f"invalid spec:\n{exc}") from None
+    sys.stdout.write(describe(model, reference, "hvisor-tool HEAD's device"))
 
 
 def _build(layout: project.Layout, spec: str, target: str) -> Path:
@@ -775,7 +808,7 @@ def clean(c: Context) -> None:
     print("removed build/")
 
 
-ns = Collection(setup, gen, build, test, fuzz, mutants, fmt, ci, clean)
+ns = Collection(setup, gen, show, build, test, fuzz, mutants, fmt, ci, clean)
 ns.add_task(hvisor_task)
 ns.add_task(hvisor_sim)
 ns.add_task(flash_task)

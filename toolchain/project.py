@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import fuzz, reference
+from . import fuzz, reference, show
 from .build import BuildResult, build
 from .render import render_spec
 from .spec import Spec, load_specs, spec_paths
@@ -157,6 +157,21 @@ def generate(
     names: spec names or paths (see resolve; force as there); default every
     shipped spec. A spec given by an outside path goes to build/generated/<name>/.
     """
+    files, owned = _rendered(layout, names, force)
+    return sync(layout.root, files, check=check, owned=owned)
+
+
+def generate_diff(layout: Layout, names: list[str] | None, force: bool = False) -> str:
+    """The unified diff `generate` would apply (empty when nothing would change); writes nothing."""
+    files, owned = _rendered(layout, names, force)
+    report = sync(layout.root, files, check=True, owned=owned)
+    return show.unified(layout.root, files, report.stale, report.extra)
+
+
+def _rendered(
+    layout: Layout, names: list[str] | None, force: bool
+) -> tuple[dict[str, str], list[str]]:
+    """Every file generate writes, by path relative to the root, and the directories it owns."""
     if names:
         layout, names = resolve(layout, names, force)
     chosen = specs(layout, names)
@@ -172,7 +187,7 @@ def generate(
         owned.append(f"{base}/{spec.name}")
     if not names:
         owned = ["generated"]
-    return sync(layout.root, files, check=check, owned=owned)
+    return files, owned
 
 
 def _generated_pair(layout: Layout, spec: str) -> Path:
