@@ -69,7 +69,20 @@ def _enum_of(annotation: Any) -> type[Enum] | None:
     return None
 
 
+#: PyYAML reads YAML 1.1, where unquoted yes/no/on/off (any case) are booleans.
+YAML11_BOOLEAN_HINT = (
+    " (YAML reads an unquoted yes, no, on or off as a boolean: put the value in quotes)"
+)
+
+
 def _message(err: dict[str, Any]) -> str:
+    text = _plain_message(err)
+    if isinstance(err.get("input"), bool) and err["type"] != "bool_type":
+        text += YAML11_BOOLEAN_HINT
+    return text
+
+
+def _plain_message(err: dict[str, Any]) -> str:
     kind = err["type"]
     loc: KeyPath = tuple(err["loc"])
     value = err.get("input")
