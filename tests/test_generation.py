@@ -286,3 +286,10 @@ def test_section_banners_fit_one_line_in_every_output(name: str) -> None:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if line.startswith("/* ----"):
                 assert line.endswith("*/") and len(line) <= 80, f"{path.name}:{n}: {line}"
+
+
+def test_every_shipped_spec_names_its_schema_for_editors() -> None:
+    """The line the README recommends, so an editor validates a copied spec too."""
+    for path in sorted((ROOT / "spec").glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        assert first == "# yaml-language-server: $schema=schema.json", path.name
