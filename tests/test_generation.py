@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from toolchain import project
+from toolchain import project, reference
 from toolchain.build import RUNTIME_DIR
 from toolchain.render import render_spec
 from toolchain.spec import ThreadingModel, digest, load_spec
@@ -293,3 +293,16 @@ def test_every_shipped_spec_names_its_schema_for_editors() -> None:
     for path in sorted((ROOT / "spec").glob("*.yaml")):
         first = path.read_text().splitlines()[0]
         assert first == "# yaml-language-server: $schema=schema.json", path.name
+
+
+def test_the_key_reference_names_types_as_a_reader_would() -> None:
+    """Types and ranges in words ('integer 1 to 4', 'list of integers 0 to 1023'), never a repr."""
+    text = reference.reference_markdown()
+    for leak in ("typing.", "Annotated", "FieldInfo", "ge=", "(ge ", "<class"):
+        assert leak not in text, leak
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ")[1] for line in text.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert rows["device.num_queues"] == "integer 1 to 4"
+    assert rows["threading.affinity"] == "list of integers 0 to 1023"
+    assert rows["features.ro"] == "boolean"
+    assert rows["backend.io"] == "`sync` \\| `io_uring`"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -25,10 +25,34 @@ def json_schema() -> str:
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
-def _type_name(annotation: Any) -> str:
+_NAMES = {int: ("integer", "integers"), bool: ("boolean", "booleans"), str: ("string", "strings")}
+
+
+def _range(metadata: list[Any]) -> str:
+    """' 1 to 4', ' at least 1', ' at most 8' or '' from pydantic's ge/le constraints."""
+    lo = next((m.ge for m in metadata if hasattr(m, "ge")), None)
+    hi = next((m.le for m in metadata if hasattr(m, "le")), None)
+    if lo is not None and hi is not None:
+        return f" {lo} to {hi}"
+    if lo is not None:
+        return f" at least {lo}"
+    return f" at most {hi}" if hi is not None else ""
+
+
+def _type_name(annotation: Any, metadata: list[Any], plural: bool = False) -> str:
+    """A key's type as a reader says it: 'integer 1 to 4', 'list of integers 0 to 1023'."""
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return " \\| ".join(f"`{m.value}`" for m in annotation)
-    return {int: "integer", bool: "boolean", str: "string"}.get(annotation, str(annotation))
+    if get_origin(annotation) is Annotated:
+        base, *extra = get_args(annotation)
+        inner = [m for e in extra for m in (getattr(e, "metadata", None) or [e])]
+        return _type_name(base, [*metadata, *inner], plural)
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        return "list of " + _type_name(item, [], plural=True)
+    if annotation in _NAMES:
+        return _NAMES[annotation][plural] + _range(metadata)
+    raise TypeError(f"no reader's name for the type {annotation!r}: add it to reference.py")
 
 
 def _default(value: Any) -> str:
@@ -50,12 +74,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows.append(f"| `{key}` | mapping | | {annotation.__doc__ or ''} |")
             rows.extend(_rows(annotation, key + "."))
             continue
-        bounds = [
-            f"{k} {getattr(m, k)}" for m in field.metadata for k in ("ge", "le") if hasattr(m, k)
-        ]
-        extra = f" ({', '.join(bounds)})" if bounds else ""
         rows.append(
-            f"| `{key}` | {_type_name(annotation)}{extra} | {_default(field.default)} "
+            f"| `{key}` | {_type_name(annotation, field.metadata)} | {_default(field.default)} "
             f"| {field.description or ''} |"
         )
     return rows
