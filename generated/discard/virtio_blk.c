@@ -572,6 +572,15 @@ static int blk_pop(BlkQueue *q, struct blk_req *req) {
         blk_break(q, "avail index ran more than a ring ahead");
         return -1;
     }
+    /* Checked per chain, not only before a pass: a driver that rewrites the
+     * ring's registers and then publishes a chain while a pass runs must not
+     * have that chain served from the ring it no longer describes. Its
+     * register write came before its avail index store, which we have
+     * acquired, so the live fields are seen changed. */
+    if (!blk_ring_unchanged(q)) {
+        blk_break(q, "ring changed while the queue runs");
+        return -1;
+    }
     const uint16_t head =
         q->ring.avail->ring[vq->last_avail_idx & (q->ring.num - 1)];
     const char *why = blk_walk_chain(q, head, req);
