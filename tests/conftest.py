@@ -38,6 +38,17 @@ def in_flight(queue_size: int, per_chain: int = 3) -> int:
     return min(64, queue_size // per_chain)
 
 
+def require_segments(dut: DeviceUnderTest, dev: BlkDevice, segments: int) -> None:
+    """Skip, saying why, when one request of ``segments`` data segments is more
+    than this spec's device takes: its ring (header and status beside them)
+    or its negotiated seg_max."""
+    size = dev.queues[0].size
+    if segments + 2 > size:
+        pytest.skip(f"a {size}-entry ring cannot carry {segments} data segments")
+    if dut.spec.features.seg_max and segments > dut.spec.device.seg_max:
+        pytest.skip(f"seg_max {dut.spec.device.seg_max} is below {segments} data segments")
+
+
 # qemu-user translates the backend, sanitizers slow it down; give it room,
 # but never hang a test.
 TIMEOUT = {True: 10.0, False: 5.0}

@@ -26,7 +26,7 @@ from toolchain.guest.blk import (
 )
 from toolchain.guest.hostile import fd_count
 
-from .conftest import IMAGE_SIZE, DeviceUnderTest, in_flight
+from .conftest import IMAGE_SIZE, DeviceUnderTest, in_flight, require_segments
 
 SECTORS = IMAGE_SIZE // 512
 F_PROTOCOL_FEATURES = 30
@@ -99,6 +99,7 @@ ROUND_TRIPS = [
 
 @pytest.mark.parametrize(("sector", "nbytes", "segments"), ROUND_TRIPS)
 def test_write_then_read_round_trips_at_many_offsets_and_sizes(
+    dut: DeviceUnderTest,
     dev: BlkDevice,
     shadow: ShadowDisk,
     sector: int,
@@ -106,6 +107,7 @@ def test_write_then_read_round_trips_at_many_offsets_and_sizes(
     segments: int | list[int],
     writable: None,
 ) -> None:
+    require_segments(dut, dev, segments if isinstance(segments, int) else len(segments))
     before = dev.read(sector, nbytes)
     assert before == shadow.expected(sector * 512, nbytes)
     data = os.urandom(nbytes)

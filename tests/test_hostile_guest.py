@@ -760,7 +760,8 @@ def test_kick_before_the_ring_is_set_up_is_ignored_until_it_is(
     """Kicks with no ring, then with addresses but num 0, do nothing; setting num serves."""
     with GuestMemory() as mem, VhostUserFrontend(backend.socket_path, dut.timeout) as fe:
         handshake(fe, mem)
-        q = SplitVirtqueue(mem, 0, 64)
+        num = min(64, dut.spec.device.queue_size)  # at most the device's QueueNumMax
+        q = SplitVirtqueue(mem, 0, num)
         req = Req.read(mem, READ_SECTOR, 4096, 2)
         head = q.add_chain(req.chain)
         q.publish(head)
@@ -787,7 +788,7 @@ def test_kick_before_the_ring_is_set_up_is_ignored_until_it_is(
         assert watch.changes() == []
         assert backend.alive()
         fe.set_vring_base(0, 0)
-        fe.set_vring_num(0, 64)  # the ring becomes usable: the pending request is served
+        fe.set_vring_num(0, num)  # the ring becomes usable: the pending request is served
         (u,) = q.wait_used(dut.timeout, 1)
         assert (u.id, u.len) == (head, 4097)
         assert req.status() == VIRTIO_BLK_S_OK
