@@ -243,3 +243,11 @@ def test_invoke_list_into_a_closed_pipe_ends_quietly(root: Path) -> None:
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (cli.BROKEN_PIPE, "")
+
+
+def test_the_readme_sample_error_is_what_the_loader_prints() -> None:
+    """README's sample is the golden readme_example.err, named as spec/mine.yaml."""
+    readme = (CASES.parent.parent / "README.md").read_text()
+    golden = (CASES / "readme_example.err").read_text()
+    sample = golden.replace("tests/spec_errors/readme_example.yaml", "spec/mine.yaml")
+    assert f"```\n{sample}```" in readme
