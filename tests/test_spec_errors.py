@@ -167,6 +167,11 @@ CLI_CASES = {
     "bench_seconds_not_a_number": (["bench", "--seconds", "ten"], {}),
     # a number setting in the environment that is not one
     "env_fuzz_seconds_not_a_number": (["gen", "--check"], {"INVOKE_BLKGEN_FUZZ_SECONDS": "ten"}),
+    # a misspelt key in a settings file (~/.invoke.yaml, -f FILE): named, with the near miss
+    "config_unknown_setting": (
+        ["gen", "--check"],
+        {"INVOKE_RUNTIME_CONFIG": "tests/spec_errors/cli/unknown_setting.yaml"},
+    ),
 }
 
 

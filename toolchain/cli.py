@@ -6,7 +6,8 @@ Three hooks into invoke, each the one place for its kind of mistake:
   non-number (`--seconds abc`) is a parse error, `error: --seconds: ...`.
 - `Executor` (named by invoke.yaml's `tasks.executor_class`): every task runs
   under it. It reads INVOKE_BLKGEN_* variables with `Config` (a list setting
-  takes a comma-separated list; a bad value is `error: VAR: ...`), turns
+  takes a comma-separated list; a bad value is `error: VAR: ...`), refuses a
+  blkgen setting invoke.yaml does not have (a typo in ~/.invoke.yaml), turns
   Ctrl-C into "interrupted" and exit status 130, and a closed output pipe
   (`invoke ... | head`) into a quiet exit.
 - `quiet_broken_pipe()` (called by tasks.py): the same quiet exit when the
@@ -19,13 +20,16 @@ Program prints and exits with.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import invoke
+import yaml
 from invoke.env import Environment
 from invoke.exceptions import ParseError, ThreadException
 from invoke.parser import Argument
@@ -147,6 +151,41 @@ def quiet_broken_pipe() -> None:
     sys.excepthook = hook
 
 
+#: The project's own settings file: every blkgen setting there is, with its default.
+PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "invoke.yaml"
+#: Settings whose keys are the user's to choose (sanitizer target -> test files).
+_FREE_FORM = {"blkgen.sanitizer_tests"}
+
+
+def unknown_settings(merged: Mapping[str, Any], known: Mapping[str, Any], at: str) -> list[str]:
+    """Keys of merged (the config after every file and INVOKE_BLKGEN_*) that
+    known (the project's invoke.yaml) does not have, as one message each."""
+    out = []
+    for key, value in merged.items():
+        path = f"{at}.{key}"
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+            near = f" (did you mean '{hint[0]}'?)" if hint else ""
+            out.append(f"unknown setting {path}{near}")
+            continue
+        nested = isinstance(value, Mapping) and isinstance(known[key], Mapping)
+        if nested and path not in _FREE_FORM:
+            out += unknown_settings(value, known[key], path)
+    return out
+
+
+def check_settings(config: invoke.Config) -> None:
+    """UsageError naming every blkgen setting the project does not know (a
+    typo in ~/.invoke.yaml would otherwise be ignored without a word)."""
+    known = yaml.safe_load(PROJECT_CONFIG.read_text())["blkgen"]
+    merged = config.get("blkgen")
+    if not isinstance(merged, Mapping):
+        return
+    problems = unknown_settings(merged, known, "blkgen")
+    if problems:
+        raise UsageError("; ".join(problems) + f"; the settings are those in {PROJECT_CONFIG.name}")
+
+
 class Executor(invoke.Executor):
     """invoke's Executor: our Config, and Ctrl-C or a closed pipe as a plain exit."""
 
@@ -162,6 +201,7 @@ class Executor(invoke.Executor):
         """Run the tasks; mistakes and interruptions become invoke Exits."""
         try:
             try:
+                check_settings(self.config)
                 return super().execute(*tasks)
             finally:  # a pipe's reader may be gone: find out here, not at exit
                 sys.stdout.flush()
