@@ -7,15 +7,18 @@ natively) and checks status, used length, data and guard bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from toolchain.flash import git_revision
 from toolchain.guest import Backend, BlkDevice, BlkRequest, ShadowDisk
 from toolchain.guest.blk import (
     VIRTIO_BLK_F_RO,
@@ -26,13 +29,30 @@ from toolchain.guest.blk import (
 )
 from toolchain.guest.hostile import fd_count
 
-from .conftest import IMAGE_SIZE, DeviceUnderTest, in_flight, require_segments
+from .conftest import IMAGE_SIZE, LAYOUT, ROOT, DeviceUnderTest, in_flight, require_segments
 
 SECTORS = IMAGE_SIZE // 512
 F_PROTOCOL_FEATURES = 30
 
 
 # ---- identity and configuration -------------------------------------------
+
+
+@pytest.mark.only_transport("vhost-user")
+def test_version_names_the_spec_its_model_hash_the_toolkit_and_the_target(
+    dut: DeviceUnderTest,
+) -> None:
+    """`vhost-user-blk --version`: what a deployed binary was built from."""
+    proc = subprocess.run(
+        [*dut.prefix, str(dut.binary), "--version"],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **dut.env},
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, "")
+    manifest = json.loads((LAYOUT.generated_for(dut.spec.name) / "manifest.json").read_text())
+    assert proc.stdout == (
+        f"vhost-user-blk (hvisor-blkgen): spec {dut.spec.name} (sha256 {manifest['sha256']}), "
+        f"toolkit {git_revision(ROOT)}, target {dut.target.name}\n"
+    )
 
 
 def test_offers_exactly_the_spec_features(dev: BlkDevice, dut: DeviceUnderTest) -> None:

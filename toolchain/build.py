@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .flash import git_revision
 from .targets import WARNINGS, Target
 from .tools import require
 
@@ -41,6 +43,17 @@ def headers(generated: Path) -> list[Path]:
     return [generated / "virtio_blk.h", *sorted(RUNTIME_DIR.glob("*.h"))]
 
 
+def version(target: Target, generated: Path) -> str:
+    """What `vhost-user-blk --version` prints: spec, its model hash, toolkit
+    revision, target. The same commit gives the same text in any folder."""
+    manifest = generated / "manifest.json"
+    spec = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    return (
+        f"spec {spec.get('spec', 'unknown')} (sha256 {spec.get('sha256', 'unknown')}), "
+        f"toolkit {git_revision(SOURCE_ROOT)}, target {target.name}"
+    )
+
+
 def compile_command(
     target: Target, generated: Path, out: Path, extra_cflags: tuple[str, ...] = ()
 ) -> list[str]:
@@ -51,6 +64,7 @@ def compile_command(
         *target.cflags,
         *WARNINGS,
         *extra_cflags,
+        f'-DBLKGEN_VERSION="{version(target, generated)}"',
         f"-ffile-prefix-map={SOURCE_ROOT}=.",
         f"-I{generated}",
         f"-I{RUNTIME_DIR}",

@@ -32,6 +32,12 @@ void virtio_dev_needs_reset(VirtIODevice *vdev) {
         vu_needs_reset(vdev);
 }
 
+/* Spec, model hash, toolkit revision and target: set by the build
+ * (toolchain/build.py); "unknown" when built some other way. */
+#ifndef BLKGEN_VERSION
+#define BLKGEN_VERSION "unknown"
+#endif
+
 static void usage(FILE *out, const char *prog) {
     fprintf(
         out,
@@ -52,7 +58,9 @@ static void usage(FILE *out, const char *prog) {
         "exit\n"
         "  --log-level LEVEL     debug, info, warn or error "
         "(default info)\n"
-        "  --help                show this help\n",
+        "  --help                show this help\n"
+        "  --version             print the spec, its hash, the toolkit "
+        "revision and the target\n",
         prog, prog);
 }
 
@@ -94,7 +102,8 @@ int main(int argc, char **argv) {
         OPT_CAPS,
         OPT_LEVEL,
         OPT_HVISOR,
-        OPT_HELP
+        OPT_HELP,
+        OPT_VERSION
     };
     static const struct option longopts[] = {
         {"socket-path", required_argument, NULL, OPT_SOCKET},
@@ -105,6 +114,7 @@ int main(int argc, char **argv) {
         {"log-level", required_argument, NULL, OPT_LEVEL},
         {"hvisor", required_argument, NULL, OPT_HVISOR},
         {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0}};
     struct rt_options opts = {
         .socket_path = NULL, .listen_fd = -1, .blk_file = NULL};
@@ -157,6 +167,9 @@ int main(int argc, char **argv) {
             break;
         case OPT_HELP:
             usage(stdout, argv[0]);
+            return 0;
+        case OPT_VERSION:
+            printf("vhost-user-blk (hvisor-blkgen): %s\n", BLKGEN_VERSION);
             return 0;
         default:
             fprintf(stderr,
