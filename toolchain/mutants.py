@@ -190,7 +190,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "if (p->err < 0) {",
         "if (k == 0 && p->err < 0) {",
         "test_a_part_past_the_end_of_a_shrunken_image",
-        applies=lambda s: s.backend.split_threads > 1,
+        applies=lambda s: s.backend.splits,
         module="tests/test_split.py",
     ),
     Mutant(
@@ -199,7 +199,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "p->off = off + (off_t)start;",
         "p->off = off;",
         "test_reads_across_the_threshold",
-        applies=lambda s: s.backend.split_threads > 1,
+        applies=lambda s: s.backend.splits,
         module="tests/test_split.py",
     ),
     Mutant(
@@ -208,7 +208,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "CPU_COUNT(&allowed) < 2",
         "CPU_COUNT(&allowed) < 1",
         "test_with_one_cpu_allowed_no_helper_starts",
-        applies=lambda s: s.backend.split_threads > 1,
+        applies=lambda s: s.backend.splits,
         module="tests/test_split.py",
     ),
     Mutant(

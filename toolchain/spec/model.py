@@ -493,6 +493,11 @@ class Backend(_Section):
         ),
     ] = 262144
 
+    @property
+    def splits(self) -> bool:
+        """Large transfers are copied by more than one thread (split_threads above 1)."""
+        return self.split_threads > 1
+
 
 class SpecBody(_Section):
     """A virtio-blk device spec (the YAML file's top level)."""
@@ -630,7 +635,7 @@ class Spec(BaseModel):
             self.has_range_ops
             or self.backend.direct
             or bool(self.threading.affinity)
-            or self.backend.split_threads > 1
+            or self.backend.splits
         )
 
     @property

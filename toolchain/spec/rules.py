@@ -157,7 +157,7 @@ def _direct_io_needs_announced_block_size(spec: SpecBody) -> Iterator[Finding]:
 
 def _split_needs_synchronous_buffered_io(spec: SpecBody) -> Iterator[Finding]:
     b = spec.backend
-    if b.split_threads > 1:
+    if b.splits:
         if b.io.asynchronous:
             yield (
                 ("backend", "split_threads"),
