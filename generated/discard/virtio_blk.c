@@ -800,13 +800,16 @@ static void blk_split_cut(struct blk_split *s, const struct iovec *iov,
     }
 }
 
-/* blk_transfer() of a large request, its parts copied at once by this thread
- * and the queue's helpers. *done: the bytes moved from the start without a
- * gap, as blk_transfer() counts them. The queue's I/O thread. */
-static int blk_split_transfer(BlkQueue *q, const struct iovec *iov,
+/* blk_transfer(), with a request of BLK_SPLIT_MIN_BYTES or more copied in
+ * parts at once by this thread and the queue's helpers (when it has any).
+ * *done: the bytes moved from the start without a gap, as blk_transfer()
+ * counts them. The queue's I/O thread. */
+static int blk_split_transfer(BlkQueue *q, int fd, struct iovec *iov,
                               unsigned int cnt, uint64_t len, bool write,
                               off_t off, uint64_t *done) {
     struct blk_split *s = &q->split;
+    if (len < BLK_SPLIT_MIN_BYTES || s->helpers == 0)
+        return blk_transfer(fd, iov, cnt, len, write, off, done);
     const uint64_t step =
         ((len + BLK_SPLIT_THREADS - 1) / BLK_SPLIT_THREADS + 4095) &
         ~(uint64_t)4095;
@@ -822,7 +825,7 @@ static int blk_split_transfer(BlkQueue *q, const struct iovec *iov,
 
     struct blk_split_part *mine = &s->part[0];
     mine->done = 0;
-    mine->err = blk_transfer(s->fd, mine->iov, mine->cnt, mine->len, write,
+    mine->err = blk_transfer(fd, mine->iov, mine->cnt, mine->len, write,
                              mine->off, &mine->done);
 
     /* acquire: every helper's err and done once the count reaches 0 */
@@ -1026,14 +1029,9 @@ static uint8_t blk_io_sync(BlkQueue *q, struct blk_req *req, enum blk_op op,
     switch (op) {
     case BLK_OP_READ:
     case BLK_OP_WRITE:
-        if (req->data_len >= BLK_SPLIT_MIN_BYTES && q->split.helpers > 0)
-            err = blk_split_transfer(
-                q, req->data, req->niov, req->data_len, op == BLK_OP_WRITE,
-                (off_t)(req->sector << BLK_SECTOR_SHIFT), &done);
-        else
-            err = blk_transfer(fd, req->data, req->niov, req->data_len,
-                               op == BLK_OP_WRITE,
-                               (off_t)(req->sector << BLK_SECTOR_SHIFT), &done);
+        err = blk_split_transfer(
+            q, fd, req->data, req->niov, req->data_len, op == BLK_OP_WRITE,
+            (off_t)(req->sector << BLK_SECTOR_SHIFT), &done);
         if (op == BLK_OP_READ)
             *written = (uint32_t)done;
         else if (err == 0 && blk_write_through(q))
