@@ -99,9 +99,16 @@ def _shipped(arg: str, task_name: str) -> str:
     return name
 
 
-def _gen(layout: project.Layout, names: list[str] | None, check: bool = False) -> None:
-    """Render names (resolved by _resolve; None: every shipped spec) and report."""
+def _gen(
+    layout: project.Layout, names: list[str] | None, check: bool = False, diff: bool = False
+) -> None:
+    """Render names (resolved by _resolve; None: every shipped spec) and report;
+    with diff, print what rendering would change instead."""
     try:
+        if diff:
+            text = project.generate_diff(layout, names)
+            sys.stdout.write(text or "no change: generated files match the specs\n")
+            return
         report = project.generate(layout, names, check)
     except SpecError as exc:
         raise _fail(f"invalid spec:\n{exc}") from None
@@ -185,16 +192,7 @@ def gen(
 ) -> None:
     """Render specs into generated/ (only changed files are written)."""
     layout, names = _resolve(list(spec), force) if spec else (LAYOUT, None)
-    if not diff:
-        _gen(layout, names, check)
-        return
-    try:
-        text = project.generate_diff(layout, names)
-    except SpecError as exc:
-        raise _fail(f"invalid spec:\n{exc}") from None
-    except (MissingTool, TemplateError) as exc:
-        raise _fail(str(exc)) from None
-    sys.stdout.write(text or "no change: generated files match the specs\n")
+    _gen(layout, names, check, diff)
 
 
 @task(
